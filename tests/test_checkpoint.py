@@ -1,0 +1,55 @@
+"""Checkpoints are plain data, load with weights_only=True, and are written atomically."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from models.yolo import DetectionModel
+from utils.checkpoint import CheckpointError, build_checkpoint, float_state_dict, load_checkpoint, save_checkpoint
+from utils.weights import load_weights
+
+
+def _checkpoint(model: DetectionModel, epoch: int = 0) -> dict:
+    return build_checkpoint(model_yaml=model.yaml, names=model.names, model_state=float_state_dict(model),
+                            ema_state=None, ema_updates=0, optimizer_state=None, scaler_state=None, epoch=epoch,
+                            best_fitness=0.0, phase_best_fitness={}, options={"weights": os.curdir}, hyp={},
+                            sparsification={}, final=True)
+
+
+def test_round_trip_loads_weights_only_and_rebuilds_the_same_model(tmp_path):
+    model = DetectionModel("yolov5n.yaml", nc=2).eval()
+    model.names = ["cat", "dog"]
+    path = save_checkpoint(_checkpoint(model), tmp_path / "last.pt")
+    raw = torch.load(path, weights_only=True)  # would raise if anything but plain data was stored
+    assert raw["format_version"] == 1
+    loaded = load_weights(path)
+    assert loaded.source == "project" and loaded.names == ["cat", "dog"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], loaded.model(x)[0])
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = DetectionModel("yolov5n.yaml", nc=1)
+    path = save_checkpoint(_checkpoint(model, epoch=1), tmp_path / "last.pt")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="previous checkpoint"):
+        save_checkpoint(_checkpoint(model, epoch=2), path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_truncated_checkpoint_is_reported_with_its_name(tmp_path):
+    model = DetectionModel("yolov5n.yaml", nc=1)
+    path = save_checkpoint(_checkpoint(model), tmp_path / "last.pt")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="last.pt"):
+        load_weights(path)

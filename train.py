@@ -1,0 +1,620 @@
+"""Train a YOLOv5 detector on a custom dataset, optionally sparsifying it with a SparseML recipe.
+
+    python train.py --data data/shapes.yaml --cfg yolov5n.yaml --weights '' --epochs 30 --imgsz 320
+    python train.py --weights yolov5s.pt --data coco.yaml --sparsification-recipe recipes/yolov5s.pruned_quant.yaml
+    python train.py --resume runs/train/exp/weights/last.pt
+
+The loop reads top to bottom: setup -> for epoch: train_one_epoch -> validate -> save_checkpoint. Sparsification
+enters only through the ``Sparsifier`` hooks, whose return values tell the loop what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import val as validate_module  # noqa: E402
+from models.yolo import DetectionModel  # noqa: E402
+from utils.checkpoint import (  # noqa: E402
+    CheckpointError,
+    build_checkpoint,
+    float_state_dict,
+    is_project_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from utils.dataset import create_dataloader  # noqa: E402
+from utils.dataset_config import check_dataset  # noqa: E402
+from utils.device import (  # noqa: E402
+    DistributedContext,
+    init_process_group,
+    read_distributed_context,
+    seed_everything,
+    select_device,
+)
+from utils.ema import ModelEMA, unwrap  # noqa: E402
+from utils.loss import ComputeLoss  # noqa: E402
+from utils.metrics import fitness  # noqa: E402
+from utils.optim import build_optimizer, lr_lambda  # noqa: E402
+from utils.runs import increment_path  # noqa: E402
+from utils.sparsification import Sparsifier, create_sparsifier, restore_structure  # noqa: E402
+from utils.weights import convert_official, intersect_state_dicts, read_weights_file  # noqa: E402
+
+LOGGER = logging.getLogger("train")
+NOMINAL_BATCH_SIZE = 64  # gradients accumulate to this batch size before an optimizer step
+RESULT_COLUMNS = [
+    "epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
+    "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
+    "x/lr0", "x/lr1", "x/lr2", "phase", "sparsity",
+]
+
+
+class TrainingError(RuntimeError):
+    """Stops a run with a message for the user (bad flags, diverged loss); the last good checkpoint stays."""
+
+
+# --------------------------------------------------------------------------------------------------------- options
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=str, default="", help="initial weights: .pt (project or official), zoo:")
+    parser.add_argument("--cfg", type=str, default="", help="model YAML, e.g. yolov5n.yaml or a path")
+    parser.add_argument("--data", type=str, default=str(ROOT / "data" / "shapes.yaml"), help="dataset YAML")
+    parser.add_argument("--hyp", type=str, default=str(ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"))
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 100; a recipe decides its own)")
+    parser.add_argument("--batch-size", type=int, default=16, help="total batch size for all processes")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train and val image size")
+    parser.add_argument("--rect", action="store_true", help="rectangular training batches")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest or a given run")
+    parser.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    parser.add_argument("--noval", action="store_true", help="only validate after the final epoch")
+    parser.add_argument("--noplots", action="store_true", help="save no plot files")
+    parser.add_argument("--cache", type=str, nargs="?", const="ram", default=None, help="cache images: ram or disk")
+    parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    parser.add_argument("--multi-scale", action="store_true", help="vary image size +/- 50%%")
+    parser.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    parser.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD")
+    parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm (DDP only)")
+    parser.add_argument("--workers", type=int, default=8, help="max dataloader workers (per rank under DDP)")
+    parser.add_argument("--project", default=str(ROOT / "runs" / "train"), help="save to project/name")
+    parser.add_argument("--name", default="exp", help="save to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    parser.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    parser.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without gain)")
+    parser.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
+    parser.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (<1: off)")
+    parser.add_argument("--seed", type=int, default=0, help="global training seed")
+    parser.add_argument("--sparsification-recipe", "--recipe", dest="sparsification_recipe", type=str, default=None,
+                        help="SparseML recipe: a YAML path or a zoo: stub")
+    parser.add_argument("--recipe-args", type=str, default=None,
+                        help="recipe variables as JSON or key=value,... e.g. '{\"num_epochs\": 30}'")
+    return parser.parse_args(argv)
+
+
+def load_hyp(hyp: str | dict) -> dict:
+    if isinstance(hyp, dict):
+        return dict(hyp)
+    path = Path(hyp)
+    if not path.is_file():
+        raise TrainingError(f"hyperparameter file not found: {hyp}; see data/hyps/ for examples")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def find_latest_run(search_dir: Path) -> Path:
+    candidates = sorted(search_dir.glob("**/last*.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise TrainingError(f"--resume: no last.pt found under {search_dir}; pass the path of a run's last.pt")
+    return candidates[-1]
+
+
+def resolve_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
+    """Options and checkpoint of the run to resume. Flags that would change the run are refused."""
+    path = Path(opt.resume) if isinstance(opt.resume, str) else find_latest_run(Path(opt.project))
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("final"):
+        raise TrainingError(f"{path} is from a finished run; nothing to resume. Start a new run with --weights {path}")
+    saved = argparse.Namespace(**checkpoint["options"])
+    if opt.sparsification_recipe and opt.sparsification_recipe != saved.sparsification_recipe:
+        raise TrainingError(f"--resume with a different recipe ({opt.sparsification_recipe}) than the run used "
+                            f"({saved.sparsification_recipe}); drop --sparsification-recipe to resume, or start a new "
+                            f"run with --weights {path}")
+    saved.resume = str(path)
+    saved.weights = str(path)
+    saved.device, saved.workers = opt.device or saved.device, opt.workers
+    return saved, checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------------- setup
+@dataclass
+class RunState:
+    """Everything that changes during a run and must survive a resume."""
+
+    start_epoch: int = 0
+    best_fitness: float = 0.0
+    phase: str = "dense"
+    phase_best_fitness: dict[str, float] = field(default_factory=dict)
+    ema_enabled: bool = True
+    amp_enabled: bool = False
+    last_optimizer_step: int = -1  # global batch index of the last optimizer step (gradient accumulation)
+
+
+def build_model(opt: argparse.Namespace, nc: int, hyp: dict, resume_checkpoint: dict | None,
+                device: torch.device) -> tuple[DetectionModel, dict | None]:
+    """The model to train and the project checkpoint it came from (None for scratch or official weights)."""
+    if resume_checkpoint is not None:
+        model = DetectionModel(resume_checkpoint["model_yaml"], nc=nc)
+        restore_structure(model, resume_checkpoint.get("sparsification") or {})
+        model.load_state_dict(resume_checkpoint["model"], strict=True)
+        model.names = list(resume_checkpoint["names"])
+        return model.to(device), resume_checkpoint
+
+    weights = opt.weights
+    if weights.startswith("zoo:"):
+        from utils.sparsification.zoo import resolve_weights
+
+        weights = resolve_weights(weights)
+    if not weights:
+        if not opt.cfg:
+            raise TrainingError("pass --cfg (e.g. yolov5n.yaml) to train from scratch, or --weights")
+        return DetectionModel(opt.cfg, nc=nc, anchors=hyp.get("anchors")).to(device), None
+
+    loaded = read_weights_file(weights)
+    if is_project_checkpoint(loaded):
+        source_yaml, source_state = loaded["model_yaml"], (loaded["ema"] or loaded["model"])
+        structure = loaded.get("sparsification") or {}
+    else:
+        official = convert_official(loaded, weights)
+        source_yaml, source_state, structure, loaded = official.yaml, official.state_dict(), {}, None
+    model = DetectionModel(opt.cfg or source_yaml, nc=nc, anchors=hyp.get("anchors"))
+    restore_structure(model, structure)
+    exclude = ("anchors",) if (opt.cfg or hyp.get("anchors")) else ()
+    transferable = intersect_state_dicts(source_state, model.state_dict(), exclude=exclude)
+    if structure and len(transferable) != len(model.state_dict()):
+        LOGGER.warning("sparsified checkpoint %s has a different head (%s classes here): the Detect head is "
+                       "re-initialised", weights, nc)
+    model.load_state_dict(transferable, strict=False)
+    LOGGER.info("transferred %d/%d items from %s", len(transferable), len(model.state_dict()), weights)
+    return model.to(device), loaded
+
+
+def freeze_layers(model: nn.Module, freeze: list[int]) -> None:
+    prefixes = [f"model.{x}." for x in (freeze if len(freeze) > 1 else range(freeze[0]))]
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = True
+        if any(name.startswith(prefix) for prefix in prefixes):
+            LOGGER.info("freezing %s", name)
+            parameter.requires_grad = False
+
+
+def scale_loss_gains(hyp: dict, num_layers: int, nc: int, imgsz: int, label_smoothing: float) -> dict:
+    """YOLOv5 tunes its loss gains for 3 layers, 80 classes and 640 px; rescale them to this model and data."""
+    hyp = dict(hyp)
+    hyp["box"] *= 3 / num_layers
+    hyp["cls"] *= nc / 80 * 3 / num_layers
+    hyp["obj"] *= (imgsz / 640) ** 2 * 3 / num_layers
+    hyp["label_smoothing"] = label_smoothing
+    return hyp
+
+
+def reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
+    """Same shuffle and augmentation for a given epoch, whether the run was resumed or not."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    for generator in (getattr(loader, "generator", None), getattr(sampler, "generator", None)):
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed + epoch)
+    seed_everything(seed + epoch)
+
+
+# --------------------------------------------------------------------------------------------------------- epoch
+def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler, compute_loss: ComputeLoss,
+                    ema: ModelEMA | None, sparsifier: Sparsifier, state: RunState, epoch: int, epochs: int,
+                    hyp: dict, batch_size: int, imgsz: int, warmup: dict | None, multi_scale: bool,
+                    grid_size: int, device: torch.device, is_main: bool) -> torch.Tensor:
+    """One pass over the training data; returns the mean (box, obj, cls) loss."""
+    model.train()
+    num_batches = len(loader)
+    accumulate = max(round(NOMINAL_BATCH_SIZE / batch_size), 1)
+    mean_loss = torch.zeros(3, device=device)
+    progress = tqdm(enumerate(loader), total=num_batches, disable=not is_main,
+                    bar_format="{l_bar}{bar:10}{r_bar}", file=sys.stdout)
+    optimizer.zero_grad()
+    for i, (images, targets, _paths, _shapes) in progress:
+        step = i + num_batches * epoch
+        images = images.to(device, non_blocking=True).float() / 255
+        if warmup and step <= warmup["steps"]:
+            accumulate = warmup_step(optimizer, step, warmup, epoch, batch_size)
+        if multi_scale:
+            size = int(np.random.uniform(imgsz * 0.5, imgsz * 1.5 + grid_size)) // grid_size * grid_size
+            factor = size / max(images.shape[2:])
+            if factor != 1:
+                new_shape = [math.ceil(x * factor / grid_size) * grid_size for x in images.shape[2:]]
+                images = nn.functional.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
+
+        with torch.autocast(device_type=device.type, enabled=state.amp_enabled):
+            predictions = model(images)
+            loss, loss_items = compute_loss(predictions, targets.to(device))
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss at epoch {epoch}, batch {i} ({loss_items.tolist()}); stopping "
+                                f"before any NaN weights are saved. Lower the learning rate (--hyp) or check labels.")
+        scaler.scale(loss).backward()
+
+        if step - state.last_optimizer_step >= accumulate:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            if ema is not None:
+                ema.update(model)
+            sparsifier.after_optimizer_step(unwrap(model), ema.ema if ema is not None else None)
+            state.last_optimizer_step = step
+        else:
+            sparsifier.skipped_step()
+
+        if is_main:
+            mean_loss = (mean_loss * i + loss_items) / (i + 1)
+            progress.set_description(
+                ("%11s" * 2 + "%11.4g" * 5) % (f"{epoch}/{epochs - 1}", state.phase, *mean_loss.tolist(),
+                                               targets.shape[0], images.shape[-1]))
+    return mean_loss
+
+
+def warmup_step(optimizer: torch.optim.Optimizer, step: int, warmup: dict, epoch: int, batch_size: int) -> int:
+    """Ramp LR and momentum over the first steps; bias LR falls from warmup_bias_lr. Returns the accumulation."""
+    xi = [0, warmup["steps"]]
+    accumulate = max(1, int(np.interp(step, xi, [1, NOMINAL_BATCH_SIZE / batch_size]).round()))
+    hyp, lf = warmup["hyp"], warmup["lr_lambda"]
+    for j, group in enumerate(optimizer.param_groups):
+        start = hyp["warmup_bias_lr"] if j == 0 else 0.0
+        group["lr"] = np.interp(step, xi, [start, group["initial_lr"] * lf(epoch)])
+        if "momentum" in group:
+            group["momentum"] = np.interp(step, xi, [hyp["warmup_momentum"], hyp["momentum"]])
+    return accumulate
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def write_checkpoints(*, save_dir: Path, model: nn.Module, ema: ModelEMA | None, optimizer, scaler, epoch: int,
+                      epochs: int, state: RunState, fitness_value: float, improved: bool, phase_improved: bool,
+                      sparsifier: Sparsifier, opt: argparse.Namespace, hyp: dict) -> None:
+    """last.pt every epoch; best.pt and best_<phase>.pt on improvement; epoch<n>.pt every --save-period."""
+    final = epoch + 1 == epochs
+    bare = unwrap(model)
+    scaler_state = scaler.state_dict() if hasattr(scaler, "state_dict") else None
+    checkpoint = build_checkpoint(
+        model_yaml=bare.yaml, names=bare.names, model_state=float_state_dict(bare),
+        ema_state=float_state_dict(ema.ema) if ema is not None else None,
+        ema_updates=ema.updates if ema is not None else 0, optimizer_state=optimizer.state_dict(),
+        scaler_state=scaler_state, epoch=epoch, best_fitness=state.best_fitness,
+        phase_best_fitness=state.phase_best_fitness, options={**vars(opt), "phase": state.phase,
+                                                              "ema_enabled": state.ema_enabled,
+                                                              "amp_enabled": state.amp_enabled},
+        hyp=hyp, sparsification=sparsifier.checkpoint_state(epoch, final=final), final=final)
+    weights_dir = save_dir / "weights"
+    save_checkpoint(checkpoint, weights_dir / "last.pt")
+    if improved:
+        save_checkpoint(checkpoint, weights_dir / "best.pt")
+    if phase_improved and sparsifier.enabled:
+        save_checkpoint(checkpoint, weights_dir / f"best_{state.phase}.pt")
+    if opt.save_period > 0 and epoch % opt.save_period == 0:
+        save_checkpoint(checkpoint, weights_dir / f"epoch{epoch}.pt")
+
+
+def strip_optimizer(path: Path) -> None:
+    """Drop optimizer and scaler state from a finished run's checkpoint (smaller file, same weights)."""
+    checkpoint = load_checkpoint(path)
+    checkpoint.update(optimizer=None, scaler=None)
+    save_checkpoint(checkpoint, path)
+
+
+def append_results(path: Path, row: dict) -> None:
+    new_file = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_results(path: Path, start_epoch: int) -> None:
+    """A resumed run rewrites the epochs it repeats."""
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def global_sparsity(model: nn.Module) -> float:
+    weights = [p for n, p in unwrap(model).named_parameters() if p.dim() == 4 and n.endswith("weight")]
+    total = sum(p.numel() for p in weights)
+    return float(sum((p == 0).sum().item() for p in weights) / max(total, 1))
+
+
+# ------------------------------------------------------------------------------------------------------------ train
+def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
+    """Run a whole training; returns final metrics and where the outputs are."""
+    resume_checkpoint = None
+    if opt.resume:
+        opt, resume_checkpoint = resolve_resume(opt)
+    hyp = load_hyp(resume_checkpoint["hyp"] if resume_checkpoint else opt.hyp)
+    device = select_device(opt.device, context)
+    init_process_group(context, device)
+    seed_everything(opt.seed + 1 + context.rank)
+
+    if resume_checkpoint:
+        save_dir = Path(opt.save_dir)
+    else:
+        save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+        opt.save_dir = str(save_dir)
+    if context.is_main:
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        with open(save_dir / "hyp.yaml", "w", encoding="utf-8") as f:
+            yaml.safe_dump(hyp, f, sort_keys=False)
+        with open(save_dir / "opt.yaml", "w", encoding="utf-8") as f:
+            yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}, f,
+                           sort_keys=False)
+        logging.getLogger().addHandler(logging.FileHandler(save_dir / "train.log", encoding="utf-8"))
+
+    data = check_dataset(opt.data)
+    nc = 1 if opt.single_cls else int(data["nc"])
+    names = [data["names"][i] for i in sorted(data["names"])]
+    if opt.single_cls and len(names) != 1:
+        names = ["item"]
+
+    sparsifier = create_sparsifier(opt.sparsification_recipe, opt.recipe_args,
+                                   requested_epochs=None if resume_checkpoint else opt.epochs)
+    model, source_checkpoint = build_model(opt, nc, hyp, resume_checkpoint, device)
+    model.names = names
+    sparsifier.model_built(model, (source_checkpoint or {}).get("sparsification") or None,
+                           resume=resume_checkpoint is not None)
+    freeze_layers(model, opt.freeze)
+    LOGGER.info(model.info())
+
+    grid_size = max(int(model.stride.max()), 32)
+    if opt.imgsz % grid_size:
+        lower, upper = opt.imgsz // grid_size * grid_size, (opt.imgsz // grid_size + 1) * grid_size
+        raise TrainingError(f"--imgsz {opt.imgsz} must be a multiple of the model's max stride {grid_size}; "
+                            f"use {max(lower, grid_size)} or {upper}")
+    batch_size = opt.batch_size // context.world_size
+    accumulate = max(round(NOMINAL_BATCH_SIZE / opt.batch_size), 1)
+    hyp["weight_decay"] *= opt.batch_size * accumulate / NOMINAL_BATCH_SIZE
+    optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+
+    train_loader, train_dataset = create_dataloader(
+        data["train"], opt.imgsz, batch_size, grid_size, hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect,
+        rank=context.local_rank, workers=opt.workers, shuffle=True, prefix="train: ", single_cls=opt.single_cls,
+        seed=opt.seed)
+    if len(train_dataset) < opt.batch_size:
+        raise TrainingError(f"--batch-size {opt.batch_size} is larger than the training set of {opt.data} "
+                            f"({len(train_dataset)} images); use --batch-size {max(1, len(train_dataset))} or less")
+    max_label_class = max((int(lb[:, 0].max()) for lb in train_dataset.labels if len(lb)), default=-1)
+    if max_label_class >= nc:
+        raise TrainingError(f"{opt.data}: label class {max_label_class} exceeds nc={nc}; fix the labels or names")
+    val_loader = None
+    if context.is_main:
+        val_loader, _ = create_dataloader(
+            data["val"], opt.imgsz, batch_size * 2, grid_size, hyp=hyp, augment=False, cache=opt.cache, rect=True,
+            rank=-1, workers=opt.workers, shuffle=False, prefix="val: ", single_cls=opt.single_cls, pad=0.5)
+
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    state = RunState(amp_enabled=amp)
+    ema = ModelEMA(model) if context.is_main else None
+    default_epochs = opt.epochs if opt.epochs is not None else 100
+    if resume_checkpoint:
+        state = restore_run_state(resume_checkpoint, optimizer, scaler, ema, model)
+        ema = ema if state.ema_enabled else None
+    plan = sparsifier.optimizer_built(unwrap(model), optimizer, scaler, steps_per_epoch=len(train_loader),
+                                      start_epoch=state.start_epoch, default_epochs=default_epochs)
+    scaler, epochs = plan.scaler, plan.epochs
+    opt.epochs = epochs
+    for note in plan.notes:
+        LOGGER.info("recipe: %s", note)
+
+    lf = lr_lambda(epochs, hyp["lrf"], opt.cos_lr)
+    scheduler = None
+    if not plan.owns_learning_rate:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+        scheduler.last_epoch = state.start_epoch - 1
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    num_batches = len(train_loader)
+    warmup = None
+    if not plan.owns_learning_rate and hyp.get("warmup_epochs", 0) > 0:
+        warmup = {"steps": max(round(hyp["warmup_epochs"] * num_batches), 100), "hyp": hyp, "lr_lambda": lf}
+    state.last_optimizer_step = state.start_epoch * num_batches - 1
+
+    if context.enabled:
+        if opt.sync_bn and device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[context.local_rank] if device.type == "cuda" else None)
+
+    bare = unwrap(model)
+    bare.hyp = scale_loss_gains(hyp, bare.detect.nl, nc, opt.imgsz, opt.label_smoothing)
+    compute_loss = ComputeLoss(bare)
+    results_file = save_dir / "results.csv"
+    if context.is_main:
+        truncate_results(results_file, state.start_epoch)
+    LOGGER.info("image sizes %d train, %d val; %d dataloader workers; logging to %s; training for %d epochs%s",
+                opt.imgsz, opt.imgsz, getattr(train_loader, "num_workers", 0), save_dir, epochs,
+                f" (starting at epoch {state.start_epoch})" if state.start_epoch else "")
+
+    patience_left, stop = opt.patience, False
+    results = (0.0,) * 7
+    t0 = time.time()
+    for epoch in range(state.start_epoch, epochs):
+        directives = sparsifier.epoch_start(epoch)
+        for note in directives.notes:
+            LOGGER.info("recipe: %s", note)
+        if directives.disable_ema and ema is not None:
+            LOGGER.info("quantization-aware training starts: EMA off")
+            ema, state.ema_enabled = None, False
+        if directives.disable_amp and state.amp_enabled:
+            LOGGER.info("quantization-aware training starts: AMP off")
+            state.amp_enabled = False
+        if directives.phase_changed or directives.phase != state.phase:
+            LOGGER.info("phase %s -> %s: best fitness restarts", state.phase, directives.phase)
+            state.phase = directives.phase
+            state.best_fitness = 0.0
+        reseed_loader(train_loader, opt.seed, epoch)
+        mean_loss = train_one_epoch(
+            model=model, loader=train_loader, optimizer=optimizer, scaler=scaler, compute_loss=compute_loss,
+            ema=ema, sparsifier=sparsifier, state=state, epoch=epoch, epochs=epochs, hyp=hyp,
+            batch_size=batch_size, imgsz=opt.imgsz, warmup=warmup, multi_scale=opt.multi_scale,
+            grid_size=grid_size, device=device, is_main=context.is_main)
+        learning_rates = [group["lr"] for group in optimizer.param_groups]
+        if scheduler is not None:
+            scheduler.step()
+
+        if context.is_main:
+            final_epoch = epoch + 1 == epochs
+            eval_model = ema.ema if ema is not None else bare
+            if not opt.noval or final_epoch:
+                results, _maps, _ = validate_module.run(
+                    data=data, model=eval_model, dataloader=val_loader, batch_size=batch_size * 2, imgsz=opt.imgsz,
+                    single_cls=opt.single_cls, save_dir=save_dir, plots=False, compute_loss=compute_loss,
+                    half=False, verbose=False)
+            fitness_value = float(fitness(np.array(results).reshape(1, -1))[0])
+            improved = fitness_value >= state.best_fitness
+            state.best_fitness = max(state.best_fitness, fitness_value)
+            phase_improved = fitness_value >= state.phase_best_fitness.get(state.phase, -1.0)
+            if phase_improved:
+                state.phase_best_fitness[state.phase] = fitness_value
+            append_results(results_file, {
+                "epoch": epoch, **dict(zip(RESULT_COLUMNS[1:4], mean_loss.tolist())),
+                **dict(zip(RESULT_COLUMNS[4:11], results)), **dict(zip(RESULT_COLUMNS[11:14], learning_rates)),
+                "phase": state.phase, "sparsity": round(global_sparsity(eval_model), 4)})
+            if not opt.nosave or final_epoch:
+                write_checkpoints(save_dir=save_dir, model=model, ema=ema, optimizer=optimizer, scaler=scaler,
+                                  epoch=epoch, epochs=epochs, state=state, fitness_value=fitness_value,
+                                  improved=improved, phase_improved=phase_improved, sparsifier=sparsifier,
+                                  opt=opt, hyp=hyp)
+            patience_left = opt.patience if improved else patience_left - 1
+            if patience_left <= 0 and not sparsifier.enabled:
+                LOGGER.info("stopping early: no improvement in the last %d epochs (--patience)", opt.patience)
+                stop = True
+        if context.enabled:
+            flag = [stop]
+            torch.distributed.broadcast_object_list(flag, 0)
+            stop = flag[0]
+        if stop:
+            break
+
+    sparsifier.finalize(bare)
+    summary = {"save_dir": str(save_dir), "epochs": epochs, "hours": (time.time() - t0) / 3600,
+               "metrics": dict(zip(RESULT_COLUMNS[4:8], results[:4]))}
+    if context.is_main:
+        summary.update(finish_run(save_dir, data, opt, compute_loss, val_loader, batch_size))
+    if context.enabled:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def restore_run_state(checkpoint: dict, optimizer, scaler, ema: ModelEMA | None, model: nn.Module) -> RunState:
+    """Put optimizer, scaler, EMA and counters back as they were after the checkpoint's epoch."""
+    options = checkpoint["options"]
+    if checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("scaler") and hasattr(scaler, "load_state_dict"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    ema_enabled = bool(options.get("ema_enabled", True)) and checkpoint.get("ema") is not None
+    if ema is not None and ema_enabled:
+        ema.ema.load_state_dict(checkpoint["ema"], strict=True)
+        ema.updates = int(checkpoint.get("ema_updates", 0))
+    LOGGER.info("resuming from epoch %d", checkpoint["epoch"] + 1)
+    return RunState(start_epoch=int(checkpoint["epoch"]) + 1, best_fitness=float(checkpoint["best_fitness"]),
+                    phase=options.get("phase", "dense"), phase_best_fitness=dict(checkpoint["phase_best_fitness"]),
+                    ema_enabled=ema_enabled, amp_enabled=bool(options.get("amp_enabled", False)))
+
+
+def finish_run(save_dir: Path, data: dict, opt: argparse.Namespace, compute_loss, val_loader,
+               batch_size: int) -> dict:
+    """Strip optimizers, validate best.pt with plots, report sparsity, plot curves."""
+    from utils.weights import load_weights
+
+    weights_dir = save_dir / "weights"
+    for path in sorted(weights_dir.glob("*.pt")):
+        strip_optimizer(path)
+    outputs: dict = {"weights": [str(p) for p in sorted(weights_dir.glob("*.pt"))]}
+    best = weights_dir / "best.pt"
+    final_weights = best if best.exists() else weights_dir / "last.pt"
+    if final_weights.exists():
+        model = load_weights(final_weights).model
+        LOGGER.info("validating %s...", final_weights)
+        results, _, _ = validate_module.run(data=data, model=model, dataloader=val_loader,
+                                            batch_size=batch_size * 2, imgsz=opt.imgsz, single_cls=opt.single_cls,
+                                            save_dir=save_dir, plots=not opt.noplots, compute_loss=None,
+                                            verbose=True)
+        outputs["best_metrics"] = dict(zip(RESULT_COLUMNS[4:8], results[:4]))
+        outputs.update(report_sparsity(model, save_dir, plots=not opt.noplots))
+    if not opt.noplots:
+        from utils.plots import plot_results
+
+        plot_results(save_dir / "results.csv")
+    LOGGER.info("results saved to %s", save_dir)
+    return outputs
+
+
+def report_sparsity(model: nn.Module, save_dir: Path, plots: bool) -> dict:
+    from utils.sparsification.report import plot_sparsity, sparsity_report
+
+    report = sparsity_report(model)
+    LOGGER.info("sparsity report:\n%s", report.table())
+    with open(save_dir / "sparsity.json", "w", encoding="utf-8") as f:
+        json.dump(report.to_dict(), f, indent=1)
+    if plots:
+        plot_sparsity(report, save_dir / "sparsity.png")
+    return {"sparsity": report.summary_line()}
+
+
+# ------------------------------------------------------------------------------------------------------ entry points
+def setup_logging(context: DistributedContext) -> None:
+    """Process-wide logging, configured once from main()."""
+    logging.basicConfig(level=logging.INFO if context.is_main else logging.WARNING, format="%(message)s",
+                        stream=sys.stdout, force=True)
+
+
+def main(opt: argparse.Namespace) -> dict:
+    context = read_distributed_context()
+    setup_logging(context)
+    try:
+        return train(opt, context)
+    except (TrainingError, CheckpointError, FileNotFoundError, ValueError) as error:
+        LOGGER.error("error: %s", error)
+        raise SystemExit(1) from error
+
+
+def run(**kwargs) -> dict:
+    """Python entry point: ``train.run(data='data/shapes.yaml', cfg='yolov5n.yaml', epochs=3, imgsz=320)``."""
+    opt = parse_opt([])
+    for key, value in kwargs.items():
+        setattr(opt, key, value)
+    return main(opt)
+
+
+if __name__ == "__main__":
+    main(parse_opt())

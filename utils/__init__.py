@@ -1,0 +1,1 @@
+"""Small single-purpose helpers shared by train, val, export and detect."""
