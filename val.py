@@ -71,8 +71,8 @@ def _coco_ground_truth(dataset, names: dict[int, str], single_cls: bool) -> dict
     if single_cls:
         for lb in labels:
             lb[:, 0] = 0
-    shapes_hw = [(int(h), int(w)) for w, h in dataset.shapes]
-    return labels_to_coco(dataset.im_files, labels, shapes_hw, names, image_ids=list(range(len(dataset.im_files))))
+    shapes_wh = [(int(w), int(h)) for w, h in dataset.shapes]
+    return labels_to_coco(dataset.im_files, labels, shapes_wh, names, image_ids=list(range(len(dataset.im_files))))
 
 
 def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgsz: int = 640,
