@@ -222,6 +222,9 @@ def reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) ->
     for generator in (getattr(loader, "generator", None), getattr(sampler, "generator", None)):
         if isinstance(generator, torch.Generator):
             generator.manual_seed(seed + epoch)
+    dataset = getattr(loader, "dataset", None)
+    if hasattr(dataset, "rng"):  # used directly when there are no worker processes
+        dataset.rng = np.random.default_rng(seed + epoch)
     seed_everything(seed + epoch)
 
 
@@ -406,7 +409,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     train_loader, train_dataset = create_dataloader(
         data["train"], opt.imgsz, batch_size, grid_size, hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect,
         rank=context.local_rank, workers=opt.workers, shuffle=True, prefix="train: ", single_cls=opt.single_cls,
-        seed=opt.seed)
+        seed=opt.seed, nc=int(data["nc"]))
     if len(train_dataset) < opt.batch_size:
         raise TrainingError(f"--batch-size {opt.batch_size} is larger than the training set of {opt.data} "
                             f"({len(train_dataset)} images); use --batch-size {max(1, len(train_dataset))} or less")
@@ -417,7 +420,8 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     if context.is_main:
         val_loader, _ = create_dataloader(
             data["val"], opt.imgsz, batch_size * 2, grid_size, hyp=hyp, augment=False, cache=opt.cache, rect=True,
-            rank=-1, workers=opt.workers, shuffle=False, prefix="val: ", single_cls=opt.single_cls, pad=0.5)
+            rank=-1, workers=opt.workers, shuffle=False, prefix="val: ", single_cls=opt.single_cls, pad=0.5,
+            nc=int(data["nc"]))
 
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)

@@ -47,8 +47,11 @@ class Sparsifier:
         """Whether the model currently carries quantization (fake-quant) modules."""
         return False
 
-    def model_built(self, model: nn.Module, checkpoint_state: dict | None) -> None:
-        """The model exists (weights loaded); re-apply structure recorded in ``checkpoint_state``, check the recipe."""
+    def model_built(self, model: nn.Module, checkpoint_state: dict | None, resume: bool = False) -> None:
+        """The model exists (weights loaded, structure restored); check the recipe against it.
+
+        ``resume``: ``checkpoint_state`` is this run's own state, so the schedule continues where it stopped.
+        """
 
     def optimizer_built(self, model: nn.Module, optimizer: Optimizer, scaler: Any, steps_per_epoch: int,
                         start_epoch: int, default_epochs: int) -> TrainingPlan:
