@@ -1,0 +1,264 @@
+"""Benchmarks (run by `make bench`): throughput, accuracy of dense vs sparsified training, runtime latency.
+
+Results go to BENCHMARKS.md with the command, the machine, the versions and the date. Speeds are compared as ratios
+measured in the same process, because this shared machine's absolute timings drift by tens of percent.
+
+    python benchmarks.py                        # everything (long: trains two models)
+    python benchmarks.py --only throughput      # training / validation images per second
+    python benchmarks.py --only accuracy --epochs 20
+    python benchmarks.py --only runtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from models.yolo import DetectionModel  # noqa: E402
+from utils.loss import ComputeLoss  # noqa: E402
+
+BENCH_DIR = ROOT / "runs" / "bench"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"]
+                return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/vnni"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _hyp() -> dict:
+    import yaml
+
+    with open(ROOT / "data" / "hyps" / "hyp.scratch-low.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _random_batch(batch: int, imgsz: int, nc: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, imgsz, imgsz, generator=generator)
+    rows = []
+    for i in range(batch):
+        for _ in range(4):
+            w, h = (torch.rand(2, generator=generator) * 0.3 + 0.05).tolist()
+            x, y = (torch.rand(2, generator=generator) * 0.6 + 0.2).tolist()
+            rows.append([i, float(torch.randint(nc, (1,), generator=generator)), x, y, w, h])
+    return images, torch.tensor(rows)
+
+
+def throughput(cfg: str, imgsz: int, batch: int, steps: int) -> dict:
+    """Training (forward + backward + SGD step) and inference (forward + NMS) images per second."""
+    from utils.boxes import non_max_suppression
+
+    nc = 6
+    model = DetectionModel(cfg, nc=nc)
+    model.hyp = _hyp()
+    loss_fn = ComputeLoss(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    images, targets = _random_batch(batch, imgsz, nc)
+    model.train()
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        loss, _ = loss_fn(model(images), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if i:  # the first step warms up allocators
+            times.append(time.perf_counter() - start)
+    train_ips = batch / statistics.median(times)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(steps + 1):
+            start = time.perf_counter()
+            non_max_suppression(model(images)[0], 0.001, 0.6)
+            if i:
+                times.append(time.perf_counter() - start)
+    return {"model": cfg.replace(".yaml", ""), "imgsz": imgsz, "batch": batch,
+            "train_images_per_s": round(train_ips, 2), "val_images_per_s": round(batch / statistics.median(times), 2)}
+
+
+def run_command(args: list[str]) -> float:
+    print("$ python " + " ".join(args), flush=True)
+    start = time.time()
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
+    return time.time() - start
+
+
+def read_results(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(run_dir / "results.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int) -> dict:
+    """Dense yolov5n from scratch, then the pruned_quant recipe fine-tuning that dense model."""
+    project = BENCH_DIR / "accuracy"
+    common = ["--data", "data/shapes.yaml", "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
+              "--project", str(project), "--exist-ok", "--noplots"]
+    dense_time = run_command(["train.py", "--cfg", "yolov5n.yaml", "--weights", "", "--epochs", str(epochs),
+                              "--name", "dense", *common])
+    dense_rows = read_results(project / "dense")
+    dense_best = project / "dense" / "weights" / "best.pt"
+    sparse_time = run_command(["train.py", "--weights", str(dense_best), "--epochs", str(finetune_epochs),
+                               "--sparsification-recipe", "recipes/yolov5n.pruned_quant.yaml", "--name",
+                               "pruned_quant", *common])
+    sparse_rows = read_results(project / "pruned_quant")
+
+    def best_of(rows: list[dict], phase: str | None = None) -> dict:
+        rows = [r for r in rows if phase is None or r["phase"] == phase] or rows
+        return max(rows, key=lambda r: 0.1 * float(r["metrics/mAP_0.5"]) + 0.9 * float(r["metrics/mAP_0.5:0.95"]))
+
+    dense = best_of(dense_rows)
+    final_phase = sparse_rows[-1]["phase"]
+    sparse = best_of(sparse_rows, final_phase)
+    phase_epochs: dict[str, int] = {}
+    for row in sparse_rows:
+        phase_epochs[row["phase"]] = phase_epochs.get(row["phase"], 0) + 1
+    seconds_per_epoch = sparse_time / max(len(sparse_rows), 1)
+    return {
+        "imgsz": imgsz, "dense_epochs": epochs, "sparse_epochs": len(sparse_rows),
+        "dense_map50": float(dense["metrics/mAP_0.5"]), "dense_map": float(dense["metrics/mAP_0.5:0.95"]),
+        "sparse_phase": final_phase, "sparse_map50": float(sparse["metrics/mAP_0.5"]),
+        "sparse_map": float(sparse["metrics/mAP_0.5:0.95"]), "sparse_sparsity": float(sparse["sparsity"]),
+        "recovery": float(sparse["metrics/mAP_0.5:0.95"]) / max(float(dense["metrics/mAP_0.5:0.95"]), 1e-9),
+        "dense_minutes": dense_time / 60, "sparse_minutes": sparse_time / 60,
+        "phase_minutes": {k: round(v * seconds_per_epoch / 60, 1) for k, v in phase_epochs.items()},
+        "sparse_weights": str(project / "pruned_quant" / "weights" / "last.pt"), "dense_weights": str(dense_best),
+    }
+
+
+def ort_latency(onnx_path: Path, runs: int = 30, warmup: int = 5) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    meta = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in meta.shape]
+    feed = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
+    if "float" in meta.type:
+        feed = feed.astype(np.float32) / 255
+    for _ in range(warmup):
+        session.run(None, {meta.name: feed})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {meta.name: feed})
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
+
+
+def runtime(weights: list[tuple[str, Path]], imgsz: int) -> list[dict]:
+    """Export each checkpoint and time it in onnxruntime at batch 1 (interleaved is not needed: one process)."""
+    rows = []
+    for label, path in weights:
+        run_command(["export.py", "--weights", str(path), "--imgsz", str(imgsz)])
+        latency = ort_latency(path.with_suffix(".onnx"))
+        rows.append({"variant": label, "imgsz": imgsz, **{k: round(v, 1) for k, v in latency.items()}})
+    base = rows[0]["median_ms"] if rows else 1
+    for row in rows:
+        row["speedup_vs_first"] = round(base / row["median_ms"], 2)
+    return rows
+
+
+def write_markdown(results: dict, command: str) -> Path:
+    import onnxruntime
+    import sparseml
+
+    lines = ["# Benchmarks", "",
+             f"Command: `{command}`  ",
+             f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}  ",
+             f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, flags: {cpu_flags()}; no GPU  ",
+             f"Versions: Python {platform.python_version()}, torch {torch.__version__}, sparseml "
+             f"{sparseml.__version__}, onnxruntime {onnxruntime.__version__}", ""]
+    if "throughput" in results:
+        lines += ["## Training and validation throughput (random data, batch as shown, median of steps)", "",
+                  "| model | imgsz | batch | train images/s | val images/s (forward + NMS) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['train_images_per_s']} | "
+                  f"{r['val_images_per_s']} |" for r in results["throughput"]]
+        lines.append("")
+    if "accuracy" in results:
+        a = results["accuracy"]
+        lines += ["## Dense vs pruned + quantized (yolov5n, built-in shapes data)", "",
+                  f"Dense: {a['dense_epochs']} epochs from scratch at {a['imgsz']} px "
+                  f"({a['dense_minutes']:.0f} min). Sparse: `recipes/yolov5n.pruned_quant.yaml` fine-tuning the dense "
+                  f"best.pt for {a['sparse_epochs']} epochs ({a['sparse_minutes']:.0f} min; per phase: "
+                  f"{a['phase_minutes']}).", "",
+                  "| model | mAP@0.5 | mAP@0.5:0.95 | conv sparsity | recovery (mAP@0.5:0.95) |",
+                  "|---|---|---|---|---|",
+                  f"| dense | {a['dense_map50']:.3f} | {a['dense_map']:.3f} | 0 | 100% |",
+                  f"| {a['sparse_phase']} | {a['sparse_map50']:.3f} | {a['sparse_map']:.3f} | "
+                  f"{a['sparse_sparsity']:.3f} | {100 * a['recovery']:.1f}% |", ""]
+    if "runtime" in results:
+        lines += ["## onnxruntime latency, batch 1 (median and p90 of 30 runs after 5 warm-up runs)", "",
+                  "| variant | imgsz | median ms | p90 ms | speed-up vs first row |", "|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['imgsz']} | {r['median_ms']} | {r['p90_ms']} | {r['speedup_vs_first']}x |"
+                  for r in results["runtime"]]
+        lines.append("")
+    path = ROOT / "BENCHMARKS.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["throughput", "accuracy", "runtime"], action="append")
+    parser.add_argument("--epochs", type=int, default=12, help="dense training epochs for the accuracy benchmark")
+    parser.add_argument("--finetune-epochs", type=int, default=8, help="epochs the pruned_quant recipe is scaled to")
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per throughput measurement")
+    opt = parser.parse_args()
+    sections = opt.only or ["throughput", "accuracy", "runtime"]
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    previous = BENCH_DIR / "results.json"
+    results = json.loads(previous.read_text()) if previous.exists() else {}
+    if "throughput" in sections:
+        results["throughput"] = [throughput(f"yolov5{size}.yaml", imgsz, 8, opt.steps)
+                                 for size in ("n", "s") for imgsz in (320, 640)]
+    if "accuracy" in sections:
+        results["accuracy"] = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32)
+    if "runtime" in sections and "accuracy" in results:
+        a = results["accuracy"]
+        results["runtime"] = runtime([("dense FP32", Path(a["dense_weights"])),
+                                      ("pruned + INT8 (QAT)", Path(a["sparse_weights"]))], opt.imgsz)
+    path = write_markdown(results, "python benchmarks.py " + " ".join(sys.argv[1:]))
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
