@@ -223,8 +223,8 @@ def reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) ->
         if isinstance(generator, torch.Generator):
             generator.manual_seed(seed + epoch)
     dataset = getattr(loader, "dataset", None)
-    if hasattr(dataset, "rng"):  # used directly when there are no worker processes
-        dataset.rng = np.random.default_rng(seed + epoch)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
     seed_everything(seed + epoch)
 
 
@@ -261,7 +261,9 @@ def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimize
                                 f"before any NaN weights are saved. Lower the learning rate (--hyp) or check labels.")
         scaler.scale(loss).backward()
 
-        if step - state.last_optimizer_step >= accumulate:
+        # The last batch of an epoch always steps, so no accumulated gradient crosses an epoch boundary and a resumed
+        # run continues exactly where the interrupted one stopped.
+        if step - state.last_optimizer_step >= accumulate or i == num_batches - 1:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
             scaler.step(optimizer)
@@ -289,9 +291,9 @@ def warmup_step(optimizer: torch.optim.Optimizer, step: int, warmup: dict, epoch
     hyp, lf = warmup["hyp"], warmup["lr_lambda"]
     for j, group in enumerate(optimizer.param_groups):
         start = hyp["warmup_bias_lr"] if j == 0 else 0.0
-        group["lr"] = np.interp(step, xi, [start, group["initial_lr"] * lf(epoch)])
+        group["lr"] = float(np.interp(step, xi, [start, group["initial_lr"] * lf(epoch)]))
         if "momentum" in group:
-            group["momentum"] = np.interp(step, xi, [hyp["warmup_momentum"], hyp["momentum"]])
+            group["momentum"] = float(np.interp(step, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
     return accumulate
 
 
@@ -403,8 +405,8 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
                             f"use {max(lower, grid_size)} or {upper}")
     batch_size = opt.batch_size // context.world_size
     accumulate = max(round(NOMINAL_BATCH_SIZE / opt.batch_size), 1)
-    hyp["weight_decay"] *= opt.batch_size * accumulate / NOMINAL_BATCH_SIZE
-    optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+    weight_decay = hyp["weight_decay"] * opt.batch_size * accumulate / NOMINAL_BATCH_SIZE
+    optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
 
     train_loader, train_dataset = create_dataloader(
         data["train"], opt.imgsz, batch_size, grid_size, hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect,
@@ -417,6 +419,10 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     if max_label_class >= nc:
         raise TrainingError(f"{opt.data}: label class {max_label_class} exceeds nc={nc}; fix the labels or names")
     val_loader = None
+    if context.is_main and not opt.noplots and not resume_checkpoint:
+        from utils.plots import plot_labels
+
+        plot_labels(train_dataset.labels, names, save_dir / "labels.jpg")
     if context.is_main:
         val_loader, _ = create_dataloader(
             data["val"], opt.imgsz, batch_size * 2, grid_size, hyp=hyp, augment=False, cache=opt.cache, rect=True,
@@ -442,7 +448,10 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     scheduler = None
     if not plan.owns_learning_rate:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
-        scheduler.last_epoch = state.start_epoch - 1
+        if state.start_epoch:  # continue the schedule: at the start of epoch e the scheduler has stepped e times
+            scheduler.last_epoch = state.start_epoch
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lf(state.start_epoch)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     num_batches = len(train_loader)
@@ -562,7 +571,8 @@ def finish_run(save_dir: Path, data: dict, opt: argparse.Namespace, compute_loss
 
     weights_dir = save_dir / "weights"
     for path in sorted(weights_dir.glob("*.pt")):
-        strip_optimizer(path)
+        if not path.name.startswith("epoch"):  # --save-period snapshots keep their state for resuming from them
+            strip_optimizer(path)
     outputs: dict = {"weights": [str(p) for p in sorted(weights_dir.glob("*.pt"))]}
     best = weights_dir / "best.pt"
     final_weights = best if best.exists() else weights_dir / "last.pt"
@@ -587,7 +597,10 @@ def report_sparsity(model: nn.Module, save_dir: Path, plots: bool) -> dict:
     from utils.sparsification.report import plot_sparsity, sparsity_report
 
     report = sparsity_report(model)
-    LOGGER.info("sparsity report:\n%s", report.table())
+    if report.conv_sparsity > 0.01 or report.quantized_layers:
+        LOGGER.info("sparsity report:\n%s", report.table())
+    else:
+        LOGGER.info("dense model: %s", report.summary_line())
     with open(save_dir / "sparsity.json", "w", encoding="utf-8") as f:
         json.dump(report.to_dict(), f, indent=1)
     if plots:

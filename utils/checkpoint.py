@@ -57,7 +57,7 @@ def build_checkpoint(*, model_yaml: dict, names: list[str], model_state: dict, e
         "model": model_state,
         "ema": ema_state,
         "ema_updates": int(ema_updates),
-        "optimizer": optimizer_state,
+        "optimizer": _plain_optimizer_state(optimizer_state),
         "scaler": scaler_state,
         "epoch": int(epoch),
         "best_fitness": float(best_fitness),
@@ -68,6 +68,13 @@ def build_checkpoint(*, model_yaml: dict, names: list[str], model_state: dict, e
         "final": bool(final),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _plain_optimizer_state(state: dict | None) -> dict | None:
+    """Hyperparameters in param groups may be numpy scalars (set by schedules); store them as Python numbers."""
+    if state is None:
+        return None
+    return {**state, "param_groups": [plain(group) for group in state["param_groups"]]}
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:

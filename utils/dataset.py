@@ -277,7 +277,9 @@ class LoadImagesAndLabels(Dataset):
         self.stride = stride
         self.path = path
         self.prefix = prefix
-        self.rng = np.random.default_rng(seed)  # replaced per worker by seed_worker()
+        self.seed = seed
+        self.epoch = 0
+        self.rng = np.random.default_rng(seed)  # replaced per sample in __getitem__
 
         im_files = collect_image_files(path)
         if not im_files:
@@ -414,8 +416,15 @@ class LoadImagesAndLabels(Dataset):
     def __len__(self) -> int:
         return self.n
 
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation streams of an epoch (set before the epoch's iterator starts its workers)."""
+        self.epoch = int(epoch)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, Any]:
         index = int(self.indices[index])
+        # One random stream per (seed, epoch, sample): augmentations do not depend on the number of workers or on
+        # whether the run was resumed, so an interrupted run continues exactly like an uninterrupted one.
+        self.rng = np.random.default_rng((self.seed, self.epoch, index))
         hyp = self.hyp
         if self.mosaic and self.rng.random() < hyp["mosaic"]:
             img, labels = self.load_mosaic(index)

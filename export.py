@@ -1,0 +1,405 @@
+"""Export a YOLOv5 checkpoint to ONNX, then check the file against the PyTorch model.
+
+Usage:
+    python export.py --weights runs/train/exp/weights/last.pt --include onnx --imgsz 640
+    python export.py --weights last.pt --dynamic --simplify --opset 13
+    python export.py --weights yolov5s.pt --one-shot recipes/prune.yaml --data data/coco128.yaml --calib-data 64
+
+The ONNX file is written beside the weights (``last.pt`` -> ``last.onnx``). Input ``images`` (B, 3, H, W), output
+``output0`` (B, anchors, 5 + nc) decoded as in Ultralytics YOLOv5. Dense and pruned models take float32 in [0, 1];
+quantized (QAT or one-shot PTQ) models go through SparseML and take **uint8 pixels 0-255**. Every export is checked:
+``onnx.checker``, then onnxruntime against the torch model on a real image (``--data``) or a random one, and a
+summary (ops, conv weight sparsity, size, input) is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LOGGER = logging.getLogger("export")
+FORMATS = ("onnx",)
+DEFAULT_OPSET = 13
+
+# Tolerances of the onnxruntime-vs-torch check on one sample: (box atol px, box rtol, score atol). A box value
+# (x, y, w, h in input pixels) passes when |diff| <= atol + rtol * |value|; scores (objectness, class probabilities)
+# when |diff| <= score atol.
+# float32: the same float math in another kernel library (measured ~1e-4 px, ~1e-7 on scores).
+# float16: half-precision rounding through ~60 layers.
+# quantized: ConvInteger integer rounding versus torch fake-quant. Scores stay near 1e-3; w and h of large boxes move
+# by up to ~1% because (2 * sigmoid) ** 2 * anchor amplifies the head's quantization step (measured <= 1.8 px on
+# 400 px boxes, < 0.1 px on x, y; the engine study saw up to 4 px at 640).
+TOLERANCES = {"float32": (1e-2, 1e-4, 1e-4), "float16": (0.5, 1e-2, 1e-2), "quantized": (1.0, 2e-2, 2e-2)}
+
+
+@dataclass
+class OnnxSummary:
+    """What is in an ONNX file: ops, conv weight sparsity (weights equal to their zero point), size, input."""
+
+    path: Path
+    ops: Counter
+    conv_weights: int  # number of conv weight initializers
+    conv_weight_elements: int
+    conv_weight_zeros: int  # elements equal to 0 (float) or to the weight zero point (integer)
+    layer_sparsity: dict[str, float]
+    size_bytes: int
+    input_name: str
+    input_dtype: str
+    input_shape: list
+    output_shape: list
+    metadata: dict[str, str]
+
+    @property
+    def sparsity(self) -> float:
+        return self.conv_weight_zeros / max(self.conv_weight_elements, 1)
+
+    def lines(self) -> list[str]:
+        ops = ", ".join(f"{op} {n}" for op, n in self.ops.most_common())
+        sparse_layers = sum(v >= 0.5 for v in self.layer_sparsity.values())
+        return [f"ONNX {self.path} ({self.size_bytes / 1e6:.2f} MB)",
+                f"  input  {self.input_name} {self.input_dtype} {self.input_shape}"
+                + (" (feed uint8 pixels 0-255)" if self.input_dtype == "uint8" else " (float in [0, 1])"),
+                f"  output output0 {self.output_shape}",
+                f"  ops    {ops}",
+                f"  conv weights: {self.conv_weights} tensors, {self.conv_weight_elements:,} values, "
+                f"{self.sparsity:.1%} zero (or at zero point), {sparse_layers} layers at >= 50%"]
+
+
+@dataclass
+class OnnxCheck:
+    """onnxruntime versus torch on one sample: max abs differences and the tolerances they were held to."""
+
+    sample: str
+    box_diff: float  # max |diff| over x, y, w, h in pixels
+    box_allowance_used: float  # max of |diff| / (atol + rtol * |value|): <= 1 passes
+    score_diff: float
+    box_atol: float
+    box_rtol: float
+    score_tolerance: float
+    model_zeros: int = 0  # zero conv weights in the torch model
+    file_zeros: int = 0  # conv weights at zero (or at the zero point) in the file
+
+    @property
+    def zeros_kept(self) -> bool:
+        return self.file_zeros >= self.model_zeros
+
+    @property
+    def passed(self) -> bool:
+        return self.box_allowance_used <= 1 and self.score_diff <= self.score_tolerance and self.zeros_kept
+
+    def line(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"  check  onnxruntime vs torch on {self.sample}: boxes max |diff| {self.box_diff:.3g} px "
+                f"({self.box_allowance_used:.0%} of the allowed {self.box_atol:g} px + {self.box_rtol:g} * |value|), "
+                f"scores {self.score_diff:.3g} (tolerance "
+                f"{self.score_tolerance:g}); zero conv weights torch {self.model_zeros:,}, file {self.file_zeros:,}"
+                f": {verdict}")
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    quantized: bool
+    summary: OnnxSummary
+    check: OnnxCheck
+    notes: list[str] = field(default_factory=list)
+
+
+class ExportCheckError(RuntimeError):
+    """The written file failed its check (onnx.checker or the onnxruntime comparison)."""
+
+
+def _elem_type_name(elem_type: int) -> str:
+    import onnx
+
+    return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+
+
+def _dims(value_info: Any) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in
+            value_info.type.tensor_type.shape.dim]
+
+
+def summarize_onnx(path: str | Path) -> OnnxSummary:
+    """Count ops and measure conv weight sparsity; integer weights count as zero where they equal the zero point."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    # (weight input index, weight zero-point input index or None) per convolution op
+    weight_inputs = {"Conv": (1, None), "ConvInteger": (1, 3), "QLinearConv": (3, 5)}
+    elements = zeros = count = 0
+    layers: dict[str, float] = {}
+    for node in graph.node:
+        if node.op_type not in weight_inputs:
+            continue
+        w_index, zp_index = weight_inputs[node.op_type]
+        if len(node.input) <= w_index or node.input[w_index] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[w_index]])
+        zero_point = np.zeros((), dtype=weight.dtype)
+        if zp_index is not None and len(node.input) > zp_index and node.input[zp_index] in initializers:
+            zero_point = numpy_helper.to_array(initializers[node.input[zp_index]])
+            if zero_point.ndim == 1 and zero_point.size == weight.shape[0]:  # per output channel
+                zero_point = zero_point.reshape(-1, *([1] * (weight.ndim - 1)))
+        layer_zeros = int((weight == zero_point).sum())
+        layers[node.name or node.input[w_index]] = layer_zeros / weight.size
+        elements, zeros, count = elements + weight.size, zeros + layer_zeros, count + 1
+    graph_input = next(i for i in graph.input if i.name not in initializers)
+    return OnnxSummary(path=path, ops=Counter(node.op_type for node in graph.node), conv_weights=count,
+                       conv_weight_elements=elements, conv_weight_zeros=zeros, layer_sparsity=layers,
+                       size_bytes=path.stat().st_size, input_name=graph_input.name,
+                       input_dtype=_elem_type_name(graph_input.type.tensor_type.elem_type),
+                       input_shape=_dims(graph_input), output_shape=_dims(graph.output[0]),
+                       metadata={p.key: p.value for p in model.metadata_props})
+
+
+def write_metadata(path: str | Path, metadata: dict[str, str]) -> None:
+    """Store ``names``, ``stride`` and friends in metadata_props so that detect/val read them back from the file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in metadata.items():
+        entry = existing.get(key) or model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def simplify_onnx(path: str | Path) -> bool:
+    """Simplify with onnxsim when it is installed; warn and keep the file as is otherwise."""
+    try:
+        import onnxsim
+    except ImportError:
+        LOGGER.warning("--simplify skipped: onnxsim is not installed (pip install onnxsim)")
+        return False
+    import onnx
+
+    simplified, ok = onnxsim.simplify(onnx.load(str(path)))
+    if not ok:
+        LOGGER.warning("--simplify: onnxsim could not validate the simplified graph; keeping the original")
+        return False
+    onnx.save(simplified, str(path))
+    return True
+
+
+def export_dense_onnx(model: torch.nn.Module, path: str | Path, sample: torch.Tensor, opset: int = DEFAULT_OPSET,
+                      dynamic: bool = False) -> Path:
+    """``torch.onnx.export`` (TorchScript exporter; the dynamo one needs onnxscript) of a fused float model."""
+    detect = model.detect
+    detect.export = True  # instance attributes: the class defaults stay untouched for other models
+    detect.dynamic = dynamic  # rebuild grids from the traced input shape
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}} if dynamic \
+        else None
+    torch.onnx.export(model, sample, str(path), opset_version=opset, input_names=["images"],
+                      output_names=["output0"], dynamic_axes=axes, do_constant_folding=True, dynamo=False)
+    return Path(path)
+
+
+def check_onnx(path: str | Path, model: torch.nn.Module, images: torch.Tensor, sample_name: str, kind: str,
+               device: torch.device) -> OnnxCheck:
+    """Run onnxruntime and the torch model on the same uint8 images; compare outputs and zero conv weights."""
+    import onnx
+
+    from utils.inference import load_backend
+
+    onnx.checker.check_model(str(path))
+    try:
+        backend = load_backend(path, device=device, runtime="onnxruntime")
+        onnx_output = backend(images).float()
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
+        if kind != "float16":
+            raise
+        # onnxruntime's CPU provider lacks float16 kernels for some ops; onnxruntime-gpu runs them
+        LOGGER.warning("float16 check skipped: onnxruntime could not run the graph here (%s); onnx.checker passed",
+                       str(error).splitlines()[0][:200])
+        return OnnxCheck(sample=f"{sample_name} (skipped: no float16 onnxruntime)", box_diff=0.0,
+                         box_allowance_used=0.0, score_diff=0.0, box_atol=0.0, box_rtol=0.0, score_tolerance=0.0)
+    parameter = next(model.parameters())
+    with torch.inference_mode():
+        torch_output = model(images.to(parameter.device).to(parameter.dtype) / 255)[0].float().cpu()
+    difference = (onnx_output - torch_output).abs()
+    box_atol, box_rtol, score_tolerance = TOLERANCES[kind]
+    allowance = (difference[..., :4] / (box_atol + box_rtol * torch_output[..., :4].abs())).max()
+    model_zeros = sum(int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return OnnxCheck(sample=sample_name, box_diff=float(difference[..., :4].max()), box_allowance_used=float(allowance),
+                     score_diff=float(difference[..., 4:].max()), box_atol=box_atol, box_rtol=box_rtol,
+                     score_tolerance=score_tolerance, model_zeros=model_zeros,
+                     file_zeros=summarize_onnx(path).conv_weight_zeros)
+
+
+def sample_images(data: str | None, imgsz: tuple[int, int], count: int, stride: int = 32,
+                  seed: int = 0) -> tuple[torch.Tensor, str, list[Path]]:
+    """``count`` letterboxed uint8 images of ``data``'s val split, else random pixels: (images, description, files)."""
+    if not data:
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.randint(0, 256, (count, 3, *imgsz), dtype=torch.uint8, generator=generator)
+        return images, "random pixels", []
+    from utils.dataset_config import check_dataset
+    from utils.inference import list_images, load_letterboxed
+
+    files = list_images(check_dataset(data)["val"])[:count]
+    images = torch.stack([load_letterboxed(f, imgsz, stride=stride)[0] for f in files])
+    if images.shape[0] < count:  # a tiny val split: repeat it
+        images = images.repeat((count + images.shape[0] - 1) // images.shape[0], 1, 1, 1)[:count]
+    description = files[0].name if count == 1 else f"{len(files)} images of {data}"
+    return images, description, files
+
+
+def _check_image_size(imgsz: list[int] | tuple[int, ...] | int, stride: int) -> tuple[int, int]:
+    sizes = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
+    fixed = tuple(max(stride, int(np.ceil(x / stride)) * stride) for x in sizes[:2])
+    if list(fixed) != sizes[:2]:
+        LOGGER.warning("--imgsz %s is not a multiple of the stride %d; using %s", sizes[:2], stride, list(fixed))
+    return fixed
+
+
+def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), batch_size: int = 1,
+                opset: int = DEFAULT_OPSET, dynamic: bool = False, simplify: bool = False, half: bool = False,
+                device: str = "", one_shot: str | None = None, data: str | None = None,
+                calib_data: int = 64) -> ExportReport:
+    """Load, optionally one-shot sparsify, export, check and summarize (``report.check.passed`` says if it matched)."""
+    from utils.device import select_device
+    from utils.sparsification.export import export_quantized_onnx, has_quantization, pin_input_quantization
+    from utils.weights import load_weights
+
+    if str(weights).startswith("zoo:"):
+        from utils.sparsification.zoo import resolve_weights
+
+        weights = resolve_weights(str(weights))
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights not found: {weights}")
+    device = select_device(device)
+    if half and device.type != "cuda":
+        raise ValueError("--half needs a CUDA device (--device 0); float16 export is not supported on the CPU")
+    started = time.time()
+    model = load_weights(weights).model.float().eval()
+    stride = int(model.stride.max())
+    imgsz = _check_image_size(imgsz, stride)
+    notes: list[str] = []
+    if one_shot:
+        from utils.sparsification.oneshot import apply_one_shot
+
+        calibration = None
+        if one_shot_needs_calibration(one_shot):
+            if not data:
+                raise ValueError("--one-shot with a quantization recipe needs --data for calibration images")
+            calibration, _, _ = sample_images(data, imgsz, calib_data, stride)
+        result = apply_one_shot(model, one_shot, calibration_images=calibration)
+        notes.extend(result.notes)
+    quantized = has_quantization(model)
+    if quantized and half:
+        raise ValueError("--half does not apply to a quantized model (it is already 8-bit)")
+    path = weights.with_suffix(".onnx")
+    if quantized:
+        original = pin_input_quantization(model, imgsz)
+        if original is None:
+            raise ValueError("quantized model without an 8-bit input quantizer; cannot export uint8 input")
+        notes.append(f"input quantizer pinned to 0-255 pixels (scale 1/255) from scale {original.original_scale:.6g}"
+                     f" zero point {original.original_zero_point}")
+        export_quantized_onnx(model, path, imgsz, batch_size=batch_size, opset=opset, dynamic=dynamic)
+        kind = "quantized"
+    else:
+        model = model.fuse()
+        if device.type != "cpu":
+            model = model.to(device)
+        if half:
+            model = model.half()
+        sample = torch.zeros(batch_size, 3, *imgsz, device=device, dtype=torch.float16 if half else torch.float32)
+        export_dense_onnx(model, path, sample, opset=opset, dynamic=dynamic)
+        kind = "float16" if half else "float32"
+    model.detect.export = False  # the check reads the (decoded, raw) tuple like any caller
+    if simplify and simplify_onnx(path):
+        notes.append("simplified with onnxsim")
+    names = {i: str(n) for i, n in enumerate(model.names)}
+    write_metadata(path, {"stride": stride, "names": names, "quantized": quantized, "imgsz": list(imgsz),
+                          "batch": "dynamic" if dynamic else batch_size, "source": weights.name,
+                          "input": "uint8 0-255" if quantized else f"{kind} 0-1",
+                          "description": "YOLOv5 (yolov5-sparse export.py)"})
+    images, description, _ = sample_images(data, imgsz, batch_size, stride)
+    check = check_onnx(path, model, images, description, kind, device)
+    summary = summarize_onnx(path)
+    notes.append(f"exported in {time.time() - started:.1f}s")
+    return ExportReport(path=path, quantized=quantized, summary=summary, check=check, notes=notes)
+
+
+def one_shot_needs_calibration(recipe: str) -> bool:
+    """Whether the recipe quantizes (then post-training calibration images are needed)."""
+    from utils.sparsification.oneshot import recipe_has_quantization
+
+    return recipe_has_quantization(recipe)
+
+
+def run(weights: str | Path = "yolov5s.pt", include: tuple[str, ...] | list[str] = ("onnx",),
+        imgsz: int | tuple[int, ...] = (640, 640), batch_size: int = 1, opset: int = DEFAULT_OPSET,
+        dynamic: bool = False, simplify: bool = False, half: bool = False, device: str = "",
+        one_shot: str | None = None, data: str | None = None, calib_data: int = 64) -> list[Path]:
+    """Python entry point; returns the exported files (one per ``include`` format)."""
+    unsupported = [x for x in include if x.lower() not in FORMATS]
+    if unsupported:
+        raise ValueError(f"unsupported --include {', '.join(unsupported)}: this repository exports "
+                         f"{', '.join(FORMATS)} only")
+    report = export_onnx(weights, imgsz=imgsz, batch_size=batch_size, opset=opset, dynamic=dynamic,
+                         simplify=simplify, half=half, device=device, one_shot=one_shot, data=data,
+                         calib_data=calib_data)
+    for line in [*report.summary.lines(), report.check.line(), *(f"  note   {n}" for n in report.notes)]:
+        print(line)
+    if not report.check.passed:
+        raise ExportCheckError(f"{report.path} was written but differs from the torch model beyond tolerance")
+    return [report.path]
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Export a YOLOv5 checkpoint to ONNX (checked with onnxruntime)")
+    parser.add_argument("--weights", type=str, required=True, help="checkpoint .pt (project or official YOLOv5)")
+    parser.add_argument("--include", nargs="+", default=["onnx"], help="formats: onnx")
+    parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image (h, w)")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size of a static graph")
+    parser.add_argument("--device", default="", help="cuda device, i.e. 0, or cpu")
+    parser.add_argument("--half", action="store_true", help="float16 export (CUDA only)")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    parser.add_argument("--simplify", action="store_true", help="simplify with onnxsim when installed")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (quantized export: >= 13)")
+    parser.add_argument("--one-shot", type=str, default=None, help="recipe to apply without training before export")
+    parser.add_argument("--data", type=str, default=None, help="dataset YAML: check image, one-shot calibration")
+    parser.add_argument("--calib-data", type=int, default=64, help="number of val images to calibrate one-shot PTQ")
+    opt = parser.parse_args(argv)
+    unsupported = [x for x in opt.include if x.lower() not in FORMATS]
+    if unsupported:
+        parser.error(f"unsupported --include {', '.join(unsupported)}: this repository exports {', '.join(FORMATS)}")
+    if not Path(opt.weights).is_file() and not opt.weights.startswith("zoo:"):
+        parser.error(f"--weights {opt.weights} not found")
+    if opt.half and (opt.device.strip().lower() == "cpu" or not torch.cuda.is_available()):
+        parser.error("--half needs a CUDA device (--device 0); float16 export is not supported on the CPU")
+    if opt.one_shot and not Path(opt.one_shot).is_file() and not opt.one_shot.startswith("zoo:"):
+        parser.error(f"--one-shot recipe {opt.one_shot} not found")
+    if opt.one_shot and not opt.data and Path(opt.one_shot).is_file() and one_shot_needs_calibration(opt.one_shot):
+        parser.error("--one-shot with a quantization recipe needs --data for calibration images")
+    if opt.batch_size < 1 or opt.calib_data < 1:
+        parser.error("--batch-size and --calib-data must be positive")
+    return opt
+
+
+def main(opt: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run(**vars(opt))
+    except (ExportCheckError, ValueError, FileNotFoundError, RuntimeError) as error:
+        raise SystemExit(f"export.py: error: {error}") from error
+
+
+if __name__ == "__main__":
+    main(parse_opt(sys.argv[1:]))

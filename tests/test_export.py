@@ -1,0 +1,292 @@
+"""export.py: ONNX files that pass onnx.checker, match the torch model in onnxruntime, keep pruned zeros, carry
+their class names, and refuse bad requests with one clear line."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import export
+from models.yolo import DetectionModel
+from utils.checkpoint import build_checkpoint, save_checkpoint
+from utils.inference import load_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ultralytics"
+NAMES = ["circle", "square", "triangle"]
+
+
+def tiny_model(seed: int = 0) -> DetectionModel:
+    torch.manual_seed(seed)
+    model = DetectionModel("yolov5n.yaml", nc=len(NAMES))
+    model.names = list(NAMES)
+    with torch.no_grad():  # non-trivial BatchNorm statistics so that fusing is really exercised
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def save_project_checkpoint(model: DetectionModel, path: Path, sparsification: dict | None = None,
+                            state: dict | None = None) -> Path:
+    checkpoint = build_checkpoint(model_yaml=model.yaml, names=list(model.names),
+                                  model_state=state if state is not None else model.state_dict(), ema_state=None,
+                                  ema_updates=0, optimizer_state=None, scaler_state=None, epoch=0, best_fitness=0.0,
+                                  phase_best_fitness={}, options={}, hyp={}, sparsification=sparsification or {},
+                                  final=True)
+    return save_checkpoint(checkpoint, path)
+
+
+def prune_by_magnitude(model: torch.nn.Module, fraction: float = 0.8) -> list[str]:
+    """Zero the smallest ``fraction`` of every backbone/neck conv weight (the head and stem stay dense)."""
+    pruned = []
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("conv.weight") and not name.startswith(("model.0.", "model.24.")):
+                threshold = parameter.abs().flatten().kthvalue(int(fraction * parameter.numel())).values
+                parameter[parameter.abs() <= threshold] = 0
+                pruned.append(name)
+    return pruned
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_project_checkpoint(tiny_model(), tmp_path_factory.mktemp("weights") / "last.pt")
+
+
+def test_static_export_matches_torch_and_records_names(checkpoint: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        report = export.export_onnx(checkpoint, imgsz=(128, 160), opset=13, simplify=True, device="cpu")
+    assert report.path == checkpoint.with_suffix(".onnx") and report.path.is_file()
+    onnx.checker.check_model(str(report.path))
+    print(report.check.line())
+    assert report.check.passed, report.check.line()
+    assert report.check.box_diff < 1e-2 and report.check.score_diff < 1e-4
+    summary = report.summary
+    assert summary.input_name == "images" and summary.input_dtype == "float32"
+    assert summary.input_shape == [1, 3, 128, 160]
+    assert summary.output_shape == [1, 3 * (16 * 20 + 8 * 10 + 4 * 5), 5 + len(NAMES)]
+    assert summary.ops["Conv"] == 60 and "BatchNormalization" not in summary.ops
+    assert summary.metadata["stride"] == "32" and summary.metadata["quantized"] == "False"
+    backend = load_backend(report.path, runtime="onnxruntime")
+    assert backend.names == NAMES and backend.stride == 32 and backend.imgsz == (128, 160)
+    if "onnxsim" not in sys.modules:
+        assert any("onnxsim is not installed" in r.getMessage() for r in caplog.records)
+
+
+def test_dynamic_export_runs_at_two_sizes_and_batch_two(checkpoint: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "dynamic.pt"
+    weights.write_bytes(checkpoint.read_bytes())
+    report = export.export_onnx(weights, imgsz=96, dynamic=True, device="cpu")
+    assert report.check.passed, report.check.line()
+    assert report.summary.input_shape == ["batch", 3, "height", "width"]
+    backend = load_backend(report.path, runtime="onnxruntime")
+    assert backend.dynamic and backend.batch_size is None
+    reference = tiny_model().fuse()
+    for shape in [(2, 3, 64, 96), (1, 3, 160, 128)]:
+        images = torch.randint(0, 256, shape, dtype=torch.uint8)
+        output = backend(images)
+        with torch.no_grad():
+            expected = reference(images.float() / 255)[0]
+        assert output.shape == expected.shape
+        torch.testing.assert_close(output, expected, atol=1e-2, rtol=1e-4)
+
+
+def test_pruned_weights_stay_zero_in_the_file(tmp_path: Path) -> None:
+    model = tiny_model(seed=1)
+    pruned = prune_by_magnitude(model, 0.8)
+    weights = save_project_checkpoint(model, tmp_path / "pruned.pt")
+    report = export.export_onnx(weights, imgsz=64, device="cpu")
+    assert report.check.passed, report.check.line()
+    graph = onnx.load(str(report.path))
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
+    conv_weights = [initializers[n.input[1]] for n in graph.graph.node if n.op_type == "Conv"]
+    sparse = [w for w in conv_weights if (w == 0).mean() >= 0.79]
+    assert len(sparse) == len(pruned)  # folding BatchNorm scales each output channel: zeros stay exact zeros
+    pruned_elements = sum(p.numel() for n, p in model.named_parameters() if n in pruned)
+    expected = int(0.8 * pruned_elements) / sum(w.size for w in conv_weights)
+    assert report.summary.sparsity >= expected - 0.01
+    assert report.check.zeros_kept and report.check.file_zeros == report.check.model_zeros
+
+
+def test_official_checkpoint_matches_reference_output(tmp_path: Path) -> None:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"reference fixtures not present at {FIXTURES}")
+    weights = tmp_path / "yolov5n-v7.0.pt"
+    weights.write_bytes((FIXTURES / "yolov5n-v7.0.pt").read_bytes())
+    files = export.run(weights=weights, imgsz=(320,), device="cpu")
+    assert files == [weights.with_suffix(".onnx")]
+    backend = load_backend(files[0], runtime="onnxruntime")
+    output = backend(torch.from_numpy(np.load(FIXTURES / "input-1x3x320x320.npy"))).numpy()
+    reference = np.load(FIXTURES / "yolov5n-v7.0-output.npy")
+    assert output.shape == reference.shape == (1, 6300, 85)
+    assert np.abs(output - reference).max() < 1e-3
+    assert len(backend.names) == 80
+
+
+def test_cli_exports_with_a_real_image_from_data(checkpoint: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "cli.pt"
+    weights.write_bytes(checkpoint.read_bytes())
+    result = subprocess.run([sys.executable, "export.py", "--weights", str(weights), "--include", "onnx",
+                             "--imgsz", "64", "--data", str(shapes_dataset), "--device", "cpu"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert weights.with_suffix(".onnx").is_file()
+    assert ".jpg: boxes max |diff|" in result.stdout and "passed" in result.stdout
+    assert "conv weights: 60 tensors" in result.stdout
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--weights", "missing.pt"], "not found"),
+    (["--include", "tflite"], "unsupported --include tflite"),
+    (["--half", "--device", "cpu"], "--half needs a CUDA device"),
+    (["--one-shot", str(ROOT / "recipes" / "yolov5n.quant.yaml")], "needs --data for calibration"),
+])
+def test_bad_requests_fail_with_one_clear_line(checkpoint: Path, capsys, arguments: list[str], message: str) -> None:
+    argv = (["--weights", str(checkpoint)] if "--weights" not in arguments else []) + arguments
+    with pytest.raises(SystemExit) as raised:
+        export.parse_opt(argv)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_refuses_half_on_cpu_and_unknown_formats(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="--half needs a CUDA device"):
+        export.run(weights=checkpoint, half=True, device="cpu")
+    with pytest.raises(ValueError, match="exports onnx only"):
+        export.run(weights=checkpoint, include=["engine"])
+
+
+def condition_batchnorm(model: DetectionModel, images: torch.Tensor) -> DetectionModel:
+    """Set BatchNorm statistics from real images, as training would: a random network's activations otherwise
+    shrink towards zero in deep layers, and 8-bit ranges calibrated on ~0 make no sense (int32 bias overflow)."""
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batchnorms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches seen
+    model.train()
+    with torch.no_grad():
+        model(images.float() / 255)
+    for bn in batchnorms:
+        bn.momentum = 0.03
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def conditioned_checkpoint(tmp_path_factory, shapes_dataset: Path) -> Path:
+    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 12)
+    model = condition_batchnorm(tiny_model(seed=2), images)
+    return save_project_checkpoint(model, tmp_path_factory.mktemp("conditioned") / "base.pt")
+
+
+@pytest.mark.slow
+def test_one_shot_pruning_and_post_training_quantization(conditioned_checkpoint: Path, shapes_dataset: Path,
+                                                         tmp_path: Path) -> None:
+    recipe = str(ROOT / "recipes" / "yolov5n.pruned_quant.yaml")
+    weights = tmp_path / "oneshot.pt"
+    weights.write_bytes(conditioned_checkpoint.read_bytes())
+    report = export.export_onnx(weights, imgsz=64, one_shot=recipe, data=str(shapes_dataset), calib_data=8,
+                                device="cpu")
+    print(report.check.line())  # shown with pytest -s: the observed differences
+    assert report.quantized and report.check.passed, report.check.line()
+    summary = report.summary
+    assert summary.input_dtype == "uint8" and summary.input_shape == [1, 3, 64, 64]
+    assert summary.output_shape == [1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 5 + len(NAMES)]
+    assert summary.ops["ConvInteger"] + summary.ops["QLinearConv"] == 60
+    assert "QuantizeLinear" in summary.ops and "BatchNormalization" not in summary.ops and "Conv" not in summary.ops
+    assert summary.metadata["quantized"] == "True" and summary.metadata["input"] == "uint8 0-255"
+    assert report.check.score_diff < 2e-2 and report.check.box_diff < 8
+
+    # every weight the one-shot pruned is at the zero point in the file
+    assert report.check.zeros_kept and report.check.model_zeros > 0.75 * summary.conv_weight_elements
+    assert any("conv weight sparsity" in note for note in report.notes)
+
+
+def test_one_shot_pruning_only_keeps_a_float_graph(conditioned_checkpoint: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "pruned.pt"
+    weights.write_bytes(conditioned_checkpoint.read_bytes())
+    report = export.export_onnx(weights, imgsz=64, one_shot=str(ROOT / "recipes" / "yolov5n.pruned.yaml"),
+                                device="cpu")
+    assert not report.quantized and report.check.passed, report.check.line()
+    assert report.summary.input_dtype == "float32" and report.summary.ops["Conv"] == 60
+    assert 0.75 < report.summary.sparsity < 0.9
+
+
+def test_one_shot_quantization_needs_data(conditioned_checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="needs --data for calibration"):
+        export.export_onnx(conditioned_checkpoint, imgsz=64, one_shot=str(ROOT / "recipes" / "yolov5n.quant.yaml"))
+
+
+QAT_RECIPE = """
+version: 1.1.0
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: 1.0
+  - !ConstantPruningModifier
+    params: __ALL_PRUNABLE__
+    start_epoch: 0.0
+    end_epoch: -1.0
+  - !QuantizationModifier
+    start_epoch: 0.0
+    ignore: ['SiLU', 'Upsample', 'Concat', 'MaxPool2d']
+    scheme_overrides:
+      model.0.conv:
+        input_activations:
+          num_bits: 8
+          symmetric: False
+"""
+
+
+@pytest.mark.slow
+def test_quantization_aware_checkpoint_exports_an_integer_graph(shapes_dataset: Path, tmp_path: Path) -> None:
+    """A QAT checkpoint made by the training path (recipe manager, one optimizer step, saved state, strict rebuild)
+    exports to a uint8-input integer graph that keeps the pruned zeros and matches the torch model."""
+    from utils.sparsification import create_sparsifier
+
+    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 8)
+    model = condition_batchnorm(tiny_model(seed=3), images)
+    prune_by_magnitude(model, 0.8)
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_RECIPE)
+    sparsifier = create_sparsifier(str(recipe))
+    sparsifier.model_built(model, None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    plan = sparsifier.optimizer_built(model, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                                      steps_per_epoch=1, start_epoch=0, default_epochs=1)
+    directives = sparsifier.epoch_start(0)
+    assert "quantized" in directives.phase and sparsifier.is_quantized
+    model.train()
+    outputs = model(images.float() / 255)
+    loss = sum(output.sigmoid().mean() for output in outputs)
+    loss.backward()
+    plan.scaler.step(optimizer)
+    plan.scaler.update()
+    optimizer.zero_grad()
+    state = sparsifier.checkpoint_state(epoch=0, final=True)
+    sparsifier.finalize(model)
+    weights = save_project_checkpoint(model, tmp_path / "qat.pt", sparsification=state, state=model.state_dict())
+
+    report = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), device="cpu")
+    print(report.check.line())  # shown with pytest -s: the observed differences
+    assert report.quantized and report.check.passed, report.check.line()
+    summary = report.summary
+    assert summary.input_dtype == "uint8" and summary.input_shape == [1, 3, 64, 64]
+    assert summary.ops["ConvInteger"] + summary.ops["QLinearConv"] == 60 and "QuantizeLinear" in summary.ops
+    assert "BatchNormalization" not in summary.ops and "Conv" not in summary.ops
+    assert report.check.zeros_kept and report.check.model_zeros > 0.7 * summary.conv_weight_elements
+    assert report.check.score_diff < 2e-2 and report.check.box_diff < 8
+
+    backend = load_backend(report.path, runtime="onnxruntime")
+    assert backend.is_quantized and backend.input_dtype == torch.uint8 and backend.names == NAMES
+    torch.testing.assert_close(backend(images[:1]), backend(images[:1].float() / 255))  # float input is converted

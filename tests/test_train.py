@@ -1,0 +1,71 @@
+"""train.py end to end on real generated images: outputs, exact resume, and clear errors for bad flags."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import train
+from utils.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TINY = {"cfg": "yolov5n.yaml", "weights": "", "imgsz": 64, "batch_size": 8, "workers": 0, "noplots": True,
+        "hyp": str(train.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml")}
+
+
+def _train(tmp_path, dataset, **overrides):
+    options = {**TINY, "data": str(dataset), "project": str(tmp_path / "runs"), **overrides}
+    return train.run(**options)
+
+
+def test_a_short_run_writes_the_ultralytics_outputs(tmp_path, shapes_dataset):
+    summary = _train(tmp_path, shapes_dataset, epochs=2, name="exp", noplots=False)
+    run_dir = tmp_path / "runs" / "exp"
+    for name in ("weights/last.pt", "weights/best.pt", "results.csv", "results.png", "opt.yaml", "hyp.yaml",
+                 "labels.jpg", "confusion_matrix.png", "val_batch0_pred.jpg"):
+        assert (run_dir / name).exists(), name
+    assert summary["epochs"] == 2
+    last = load_checkpoint(run_dir / "weights" / "last.pt")
+    assert last["final"] and last["epoch"] == 1 and last["optimizer"] is None  # stripped at the end
+    rows = (run_dir / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,train/box_loss")
+    assert _train(tmp_path, shapes_dataset, epochs=1, name="exp")["save_dir"].endswith("exp2")
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, shapes_dataset):
+    _train(tmp_path, shapes_dataset, epochs=3, name="full", save_period=1)
+    run_dir = tmp_path / "runs" / "full"
+    uninterrupted = load_checkpoint(run_dir / "weights" / "last.pt")
+    # Pretend the run died after epoch 0: only epoch0.pt survived as last.pt.
+    shutil.copy(run_dir / "weights" / "epoch0.pt", run_dir / "weights" / "last.pt")
+    train.run(resume=str(run_dir / "weights" / "last.pt"))
+    resumed = load_checkpoint(run_dir / "weights" / "last.pt")
+    assert resumed["epoch"] == uninterrupted["epoch"] == 2
+    for key, value in uninterrupted["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert len((run_dir / "results.csv").read_text().strip().splitlines()) == 4  # header + 3 epochs, no repeats
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"imgsz": 70}, "multiple of the model's max stride 32"),
+    ({"batch_size": 1000}, "larger than the training set"),
+    ({"hyp": "missing_hyp.yaml"}, "hyperparameter file not found"),
+    ({"cfg": "", "weights": ""}, "--cfg"),
+])
+def test_bad_flags_exit_with_a_message(tmp_path, shapes_dataset, overrides, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _train(tmp_path, shapes_dataset, epochs=1, name="bad", **overrides)
+    assert exit_info.value.code == 1
+    assert message in str(exit_info.value.__cause__)
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path, shapes_dataset):
+    _train(tmp_path, shapes_dataset, epochs=2, name="r", save_period=1)
+    weights = tmp_path / "runs" / "r" / "weights"
+    shutil.copy(weights / "epoch0.pt", weights / "last.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        train.run(resume=str(weights / "last.pt"), sparsification_recipe="recipes/demo.yaml")
+    assert "different recipe" in str(exit_info.value.__cause__)

@@ -1,0 +1,280 @@
+"""One interface over the inference backends (PyTorch, onnxruntime, DeepSparse) for letterboxed image batches.
+
+Every backend takes a (B, 3, H, W) tensor, uint8 pixels (0-255) or floats in [0, 1], converts it to what the model
+expects (quantized ONNX graphs take uint8, the others float), and returns the decoded predictions (B, N, 5 + nc) in
+Ultralytics' layout: x, y, w, h in pixels of the input, objectness, class probabilities. detect.py and val.py then
+need no backend-specific code.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LOGGER = logging.getLogger(__name__)
+
+RUNTIMES = ("pytorch", "onnxruntime", "deepsparse")
+DEEPSPARSE_MISSING = "deepsparse is not installed: pip install deepsparse==1.8.0"
+
+# ONNX tensor element types this project exports, as their onnxruntime type strings and torch dtypes.
+_ORT_TYPES = {"tensor(uint8)": torch.uint8, "tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+_ONNX_ELEM_TYPES = {2: torch.uint8, 1: torch.float32, 10: torch.float16}
+
+
+class Backend:
+    """A loaded model: call it on a batch, read ``stride``, ``names``, ``imgsz``, ``is_quantized``, ``runtime``."""
+
+    runtime = "none"
+
+    def __init__(self, weights: str | Path, *, names: list[str], stride: int, imgsz: tuple[int, int] | None,
+                 batch_size: int | None, input_dtype: torch.dtype, is_quantized: bool,
+                 device: torch.device) -> None:
+        self.weights = str(weights)
+        self.names = list(names)
+        self.stride = int(stride)
+        self.imgsz = imgsz  # (height, width) when the model only accepts that size, else None
+        self.batch_size = batch_size  # fixed batch of a static graph, else None
+        self.input_dtype = input_dtype
+        self.is_quantized = is_quantized
+        self.device = device
+
+    @property
+    def dynamic(self) -> bool:
+        """True when any input size is accepted (PyTorch, or ONNX exported with --dynamic)."""
+        return self.imgsz is None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
+        if self.imgsz is not None and tuple(images.shape[2:]) != tuple(self.imgsz):
+            raise ValueError(f"{self.weights} takes {self.imgsz[0]}x{self.imgsz[1]} images (exported without "
+                             f"--dynamic), got {images.shape[2]}x{images.shape[3]}; letterbox to that size")
+        inputs = self.convert_input(images)
+        if self.batch_size is None or inputs.shape[0] == self.batch_size:
+            return self.forward(inputs)
+        return self._forward_in_fixed_batches(inputs)
+
+    def convert_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels or [0, 1] floats -> the graph's input dtype (uint8 graphs get 0-255, float graphs [0, 1])."""
+        if self.input_dtype == torch.uint8:
+            if images.dtype == torch.uint8:
+                return images
+            return (images.float() * 255).round_().clamp_(0, 255).to(torch.uint8)
+        if images.dtype == torch.uint8:
+            return images.to(self.input_dtype) / 255
+        return images.to(self.input_dtype)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward_in_fixed_batches(self, inputs: torch.Tensor) -> torch.Tensor:
+        # A static graph runs exactly batch_size images: split the batch and pad the last chunk.
+        outputs = []
+        for start in range(0, inputs.shape[0], self.batch_size):
+            chunk = inputs[start:start + self.batch_size]
+            count = chunk.shape[0]
+            if count < self.batch_size:
+                padding = chunk.new_zeros((self.batch_size - count, *chunk.shape[1:]))
+                chunk = torch.cat((chunk, padding))
+            outputs.append(self.forward(chunk)[:count])
+        return torch.cat(outputs)
+
+    def warmup(self, imgsz: tuple[int, int] = (640, 640)) -> None:
+        """Run once on a blank image so that the first timed call does not include lazy setup."""
+        height, width = self.imgsz or imgsz
+        self(torch.zeros((self.batch_size or 1, 3, height, width), dtype=torch.uint8))
+
+    def __repr__(self) -> str:
+        size = f"{self.imgsz[0]}x{self.imgsz[1]}" if self.imgsz else "dynamic"
+        return (f"{type(self).__name__}({self.weights}, runtime={self.runtime}, input={size} "
+                f"{str(self.input_dtype).replace('torch.', '')}, quantized={self.is_quantized}, "
+                f"classes={len(self.names)})")
+
+
+class TorchBackend(Backend):
+    """A project or official ``.pt`` checkpoint, fused (Conv+BN) unless it carries quantization."""
+
+    runtime = "pytorch"
+
+    def __init__(self, weights: str | Path, device: torch.device) -> None:
+        from utils.sparsification.export import has_quantization
+        from utils.weights import load_weights
+
+        model = load_weights(weights).model
+        quantized = has_quantization(model)
+        if not quantized:
+            model.fuse()
+        if next(model.parameters()).device != device:
+            model = model.to(device)
+        self.model = model.eval()
+        super().__init__(weights, names=model.names, stride=int(model.stride.max()), imgsz=None, batch_size=None,
+                         input_dtype=torch.float32, is_quantized=quantized, device=device)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(inputs.to(self.device))[0]
+
+
+def read_onnx_metadata(metadata: dict[str, str], output_channels: int | None) -> tuple[list[str], int, bool | None]:
+    """``names``, ``stride`` and ``quantized`` as export.py stores them in the ONNX metadata_props."""
+    names: list[str] = []
+    if "names" in metadata:
+        parsed = ast.literal_eval(metadata["names"])  # literal_eval: metadata is data, never code
+        names = [str(parsed[k]) for k in sorted(parsed)] if isinstance(parsed, dict) else [str(n) for n in parsed]
+    elif output_channels:
+        names = [str(i) for i in range(output_channels - 5)]
+    stride = int(metadata.get("stride", 32))
+    quantized = metadata["quantized"] == "True" if "quantized" in metadata else None
+    return names, stride, quantized
+
+
+def _static_shape(shape: list) -> tuple[int | None, tuple[int, int] | None]:
+    # ONNX dims are ints when fixed and strings (or None) when symbolic.
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    height, width = shape[2], shape[3]
+    fixed = isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0
+    return batch, ((height, width) if fixed else None)
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX file run by onnxruntime (CUDA provider when a GPU device is asked for and available)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, weights: str | Path, device: torch.device) -> None:
+        import onnxruntime
+
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = onnxruntime.InferenceSession(str(weights), providers=providers)
+        model_input = self.session.get_inputs()[0]
+        if model_input.type not in _ORT_TYPES:
+            raise ValueError(f"{weights}: unsupported input type {model_input.type}")
+        self.input_name = model_input.name
+        output_shape = self.session.get_outputs()[0].shape
+        output_channels = output_shape[-1] if isinstance(output_shape[-1], int) else None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        names, stride, quantized = read_onnx_metadata(metadata, output_channels)
+        input_dtype = _ORT_TYPES[model_input.type]
+        batch, imgsz = _static_shape(model_input.shape)
+        super().__init__(weights, names=names, stride=stride, imgsz=imgsz, batch_size=batch,
+                         input_dtype=input_dtype, is_quantized=quantized if quantized is not None
+                         else input_dtype == torch.uint8, device=device)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(inputs.cpu().numpy())
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+class DeepSparseBackend(Backend):
+    """An ONNX file compiled by DeepSparse (optional, CPU only); one engine per input shape, compiled on first use."""
+
+    runtime = "deepsparse"
+
+    def __init__(self, weights: str | Path, device: torch.device) -> None:
+        if importlib.util.find_spec("deepsparse") is None:
+            raise ImportError(DEEPSPARSE_MISSING)
+        if device.type != "cpu":
+            raise ValueError("DeepSparse runs on the CPU only; use --device cpu or --runtime onnxruntime")
+        import onnx
+
+        model = onnx.load(str(weights), load_external_data=False)
+        graph_input = next(i for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer})
+        tensor_type = graph_input.type.tensor_type
+        if tensor_type.elem_type not in _ONNX_ELEM_TYPES:
+            raise ValueError(f"{weights}: unsupported input element type {tensor_type.elem_type}")
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        output_shape = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+        output_channels = output_shape[-1] if output_shape and output_shape[-1] > 0 else None
+        names, stride, quantized = read_onnx_metadata({p.key: p.value for p in model.metadata_props},
+                                                      output_channels)
+        input_dtype = _ONNX_ELEM_TYPES[tensor_type.elem_type]
+        batch, imgsz = _static_shape(shape)
+        self._engines: dict[tuple[int, ...], object] = {}
+        super().__init__(weights, names=names, stride=stride, imgsz=imgsz, batch_size=batch,
+                         input_dtype=input_dtype, is_quantized=quantized if quantized is not None
+                         else input_dtype == torch.uint8, device=device)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        shape = tuple(inputs.shape)
+        engine = self._engines.get(shape)
+        if engine is None:
+            from deepsparse import Engine
+
+            engine = Engine(model=self.weights, batch_size=shape[0], input_shapes=[list(shape)])
+            self._engines[shape] = engine
+        return torch.from_numpy(engine.run([np.ascontiguousarray(inputs.numpy())])[0])
+
+
+def default_runtime() -> str:
+    """The fastest ONNX runtime installed: DeepSparse when importable (sparse INT8 speed-ups), else onnxruntime."""
+    return "deepsparse" if importlib.util.find_spec("deepsparse") is not None else "onnxruntime"
+
+
+def load_backend(weights: str | Path, device: str | torch.device = "cpu", runtime: str | None = None) -> Backend:
+    """``.pt`` -> PyTorch; ``.onnx`` -> onnxruntime or DeepSparse (``runtime``; default: the fastest installed)."""
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    device = device if isinstance(device, torch.device) else _device(device)
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        if runtime not in (None, "pytorch"):
+            raise ValueError(f"--runtime {runtime} needs an .onnx file; export one with export.py --include onnx")
+        return TorchBackend(path, device)
+    if suffix != ".onnx":
+        raise ValueError(f"unsupported weights format '{path.suffix}': pass a .pt checkpoint or an .onnx file")
+    runtime = runtime or default_runtime()
+    if runtime == "onnxruntime":
+        return OnnxRuntimeBackend(path, device)
+    if runtime == "deepsparse":
+        return DeepSparseBackend(path, device)
+    raise ValueError(f"unknown runtime '{runtime}' for an ONNX file; choose onnxruntime or deepsparse")
+
+
+def _device(spec: str) -> torch.device:
+    from utils.device import select_device
+
+    return select_device(spec)
+
+
+def list_images(source: str | Path | list) -> list[Path]:
+    """Image files of a file, a folder, a glob pattern or a ``.txt`` list (one path a line), sorted.
+
+    Raises ``FileNotFoundError`` naming the source when nothing matches, so a typo never passes silently.
+    """
+    from utils.dataset import IMG_FORMATS, collect_image_files
+
+    sources = source if isinstance(source, (list, tuple)) else [source]
+    for entry in sources:
+        text = str(entry)
+        path = Path(text).expanduser()
+        if not path.exists() and not any(c in text for c in "*?["):
+            raise FileNotFoundError(f"source not found: {text} (pass an image, a folder, a glob or a .txt list)")
+        if path.is_file() and path.suffix.lower() != ".txt" and path.suffix.lower().lstrip(".") not in IMG_FORMATS:
+            raise ValueError(f"{path} is not an image ({', '.join(sorted(IMG_FORMATS))}); videos and streams are "
+                             f"not supported")
+    files = collect_image_files(sources)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMG_FORMATS))}) found in {source}")
+    return [Path(f) for f in files]
+
+
+def load_letterboxed(path: str | Path, imgsz: int | tuple[int, int], stride: int = 32,
+                     auto: bool = False) -> tuple[torch.Tensor, np.ndarray, tuple]:
+    """Read an image and letterbox it: ((3, H, W) uint8 RGB tensor, the original BGR image, (ratio, (dw, dh)))."""
+    from utils.augment import letterbox
+    from utils.dataset import read_image
+
+    original = read_image(str(path))
+    if original is None:
+        raise ValueError(f"cannot read image {path} (corrupt or not an image)")
+    boxed, ratio, pad = letterbox(original, imgsz, auto=auto, stride=stride)
+    tensor = torch.from_numpy(np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)))
+    return tensor, original, (ratio, pad)
