@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-deploy.txt
 	$(PYTHON_BIN) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q -r requirements-deploy.txt || echo "warning: optional DeepSparse runtime not installed; onnxruntime is used"
 	touch $(STAMP)
 
 demo: setup
