@@ -48,7 +48,16 @@ class Conv(nn.Module):
 
 
 class Add(nn.Module):
-    """Residual addition as a module of its own, so quantization-aware training can observe and quantize it."""
+    """Residual addition as a module of its own, so quantization-aware training can observe and quantize it.
+
+    In float it is a plain ``a + b``. SparseML reads the two class attributes when QAT starts: ``wrap_qat`` makes it
+    wrap this module in a ``QATWrapper`` (a ``QuantWrapper`` takes one input, the add takes two), which fake-quantizes
+    both inputs and leaves the output to the next layer's input quantizer (``num_outputs: 0``), as DeepSparse expects
+    for a quantized residual add.
+    """
+
+    wrap_qat = True
+    qat_wrapper_kwargs = {"num_inputs": 2, "num_outputs": 0}
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
