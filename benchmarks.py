@@ -132,7 +132,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int) -> dict:
                               "--name", "dense", *common])
     dense_rows = read_results(project / "dense")
     dense_best = project / "dense" / "weights" / "best.pt"
-    sparse_time = run_command(["train.py", "--weights", str(dense_best), "--epochs", str(finetune_epochs),
+    recipe_args = json.dumps({"num_epochs": finetune_epochs, "quantization_epochs": 2})  # 2 full QAT epochs
+    sparse_time = run_command(["train.py", "--weights", str(dense_best), "--recipe-args", recipe_args,
                                "--sparsification-recipe", "recipes/yolov5n.pruned_quant.yaml", "--name",
                                "pruned_quant", *common])
     sparse_rows = read_results(project / "pruned_quant")

@@ -26,7 +26,8 @@ def step(title: str, args: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=None, help="scale the demo recipe to this many epochs")
+    parser.add_argument("--epochs", type=int, default=8, help="scale the demo recipe to this many epochs")
+    parser.add_argument("--data", default="data/shapes_small.yaml", help="dataset YAML (data/shapes.yaml: full)")
     parser.add_argument("--imgsz", type=int, default=256)
     parser.add_argument("--name", default="demo")
     opt = parser.parse_args()
@@ -34,18 +35,19 @@ def main() -> None:
     run_dir = ROOT / "runs" / "train" / opt.name
     recipe_args = ["--epochs", str(opt.epochs)] if opt.epochs else []
     step("train yolov5n on the built-in shapes data with the demo recipe (pruning, then quantization-aware training)",
-         ["train.py", "--data", "data/shapes.yaml", "--cfg", "yolov5n.yaml", "--weights", "", "--imgsz",
+         ["train.py", "--data", opt.data, "--cfg", "yolov5n.yaml", "--weights", "", "--imgsz",
           str(opt.imgsz), "--batch-size", "32", "--workers", "2", "--name", opt.name, "--exist-ok",
           "--sparsification-recipe", "recipes/demo.yaml", *recipe_args])
     weights = run_dir / "weights" / "last.pt"
     step("validate the final (pruned + quantized) checkpoint",
-         ["val.py", "--weights", str(weights), "--data", "data/shapes.yaml", "--imgsz", str(opt.imgsz),
+         ["val.py", "--weights", str(weights), "--data", opt.data, "--imgsz", str(opt.imgsz),
           "--name", opt.name, "--exist-ok"])
     step("export it to ONNX (pruned zeros kept, quantized layers folded)",
-         ["export.py", "--weights", str(weights), "--imgsz", str(opt.imgsz), "--data", "data/shapes.yaml"])
+         ["export.py", "--weights", str(weights), "--imgsz", str(opt.imgsz), "--data", opt.data])
     onnx_file = weights.with_suffix(".onnx")
+    images = f"datasets/{Path(opt.data).stem}/images/val/*000[0-3].jpg"
     step("run detection with the exported file in onnxruntime",
-         ["detect.py", "--weights", str(onnx_file), "--source", "datasets/shapes/images/val/*000[0-3].jpg",
+         ["detect.py", "--weights", str(onnx_file), "--source", images,
           "--imgsz", str(opt.imgsz), "--name", opt.name, "--exist-ok", "--runtime", "onnxruntime"])
     print("\nOutputs:")
     print(f"  training run, curves, sparsity report: {run_dir}")
