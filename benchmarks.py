@@ -6,7 +6,7 @@ measured in the same process, because this shared machine's absolute timings dri
     python benchmarks.py                        # everything (long: trains two models)
     python benchmarks.py --only throughput      # training / validation images per second
     python benchmarks.py --only accuracy --epochs 20
-    python benchmarks.py --only runtime
+    python benchmarks.py --only runtime         # ONNX files in onnxruntime / DeepSparse (--quick: a few minutes)
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
@@ -123,10 +122,10 @@ def read_results(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int) -> dict:
+def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = "data/shapes.yaml") -> dict:
     """Dense yolov5n from scratch, then the pruned_quant recipe fine-tuning that dense model."""
     project = BENCH_DIR / "accuracy"
-    common = ["--data", "data/shapes.yaml", "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
+    common = ["--data", data, "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
               "--project", str(project), "--exist-ok", "--noplots"]
     dense_time = run_command(["train.py", "--cfg", "yolov5n.yaml", "--weights", "", "--epochs", str(epochs),
                               "--name", "dense", *common])
@@ -150,7 +149,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int) -> dict:
         phase_epochs[row["phase"]] = phase_epochs.get(row["phase"], 0) + 1
     seconds_per_epoch = sparse_time / max(len(sparse_rows), 1)
     return {
-        "imgsz": imgsz, "dense_epochs": epochs, "sparse_epochs": len(sparse_rows),
+        "data": data, "imgsz": imgsz, "dense_epochs": epochs, "sparse_epochs": len(sparse_rows),
         "dense_map50": float(dense["metrics/mAP_0.5"]), "dense_map": float(dense["metrics/mAP_0.5:0.95"]),
         "sparse_phase": final_phase, "sparse_map50": float(sparse["metrics/mAP_0.5"]),
         "sparse_map": float(sparse["metrics/mAP_0.5:0.95"]), "sparse_sparsity": float(sparse["sparsity"]),
@@ -161,39 +160,13 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int) -> dict:
     }
 
 
-def ort_latency(onnx_path: Path, runs: int = 30, warmup: int = 5) -> dict:
-    import onnxruntime as ort
+def runtime(quick: bool, data: str) -> dict:
+    """Speed of dense / pruned / pruned+INT8 ONNX files in each installed runtime (utils/runtime_benchmark.py)."""
+    from utils import runtime_benchmark
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    meta = session.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in meta.shape]
-    feed = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
-    if "float" in meta.type:
-        feed = feed.astype(np.float32) / 255
-    for _ in range(warmup):
-        session.run(None, {meta.name: feed})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {meta.name: feed})
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
-
-
-def runtime(weights: list[tuple[str, Path]], imgsz: int) -> list[dict]:
-    """Export each checkpoint and time it in onnxruntime at batch 1 (interleaved is not needed: one process)."""
-    rows = []
-    for label, path in weights:
-        run_command(["export.py", "--weights", str(path), "--imgsz", str(imgsz)])
-        latency = ort_latency(path.with_suffix(".onnx"))
-        rows.append({"variant": label, "imgsz": imgsz, **{k: round(v, 1) for k, v in latency.items()}})
-    base = rows[0]["median_ms"] if rows else 1
-    for row in rows:
-        row["speedup_vs_first"] = round(base / row["median_ms"], 2)
-    return rows
+    settings = runtime_benchmark.Settings.quick() if quick else runtime_benchmark.Settings()
+    settings.data = data
+    return runtime_benchmark.run_section(settings, BENCH_DIR)
 
 
 def write_markdown(results: dict, command: str) -> Path:
@@ -214,7 +187,7 @@ def write_markdown(results: dict, command: str) -> Path:
         lines.append("")
     if "accuracy" in results:
         a = results["accuracy"]
-        lines += ["## Dense vs pruned + quantized (yolov5n, built-in shapes data)", "",
+        lines += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a.get('data')}`)", "",
                   f"Dense: {a['dense_epochs']} epochs from scratch at {a['imgsz']} px "
                   f"({a['dense_minutes']:.0f} min). Sparse: `recipes/yolov5n.pruned_quant.yaml` fine-tuning the dense "
                   f"best.pt for {a['sparse_epochs']} epochs ({a['sparse_minutes']:.0f} min; per phase: "
@@ -224,12 +197,10 @@ def write_markdown(results: dict, command: str) -> Path:
                   f"| dense | {a['dense_map50']:.3f} | {a['dense_map']:.3f} | 0 | 100% |",
                   f"| {a['sparse_phase']} | {a['sparse_map50']:.3f} | {a['sparse_map']:.3f} | "
                   f"{a['sparse_sparsity']:.3f} | {100 * a['recovery']:.1f}% |", ""]
-    if "runtime" in results:
-        lines += ["## onnxruntime latency, batch 1 (median and p90 of 30 runs after 5 warm-up runs)", "",
-                  "| variant | imgsz | median ms | p90 ms | speed-up vs first row |", "|---|---|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['imgsz']} | {r['median_ms']} | {r['p90_ms']} | {r['speedup_vs_first']}x |"
-                  for r in results["runtime"]]
-        lines.append("")
+    if isinstance(results.get("runtime"), dict):  # older results.json files hold a list: skipped
+        from utils.runtime_benchmark import markdown
+
+        lines += markdown(results["runtime"])
     path = ROOT / "BENCHMARKS.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
@@ -242,7 +213,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="dense training epochs for the accuracy benchmark")
     parser.add_argument("--finetune-epochs", type=int, default=8, help="epochs the pruned_quant recipe is scaled to")
     parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--data", default="data/shapes.yaml", help="dataset of the accuracy benchmark")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per throughput measurement")
+    parser.add_argument("--quick", action="store_true", help="runtime section: fewer runs, mAP at 320 only (minutes)")
     opt = parser.parse_args()
     sections = opt.only or ["throughput", "accuracy", "runtime"]
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
@@ -252,11 +225,9 @@ def main() -> None:
         results["throughput"] = [throughput(f"yolov5{size}.yaml", imgsz, 8, opt.steps)
                                  for size in ("n", "s") for imgsz in (320, 640)]
     if "accuracy" in sections:
-        results["accuracy"] = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32)
-    if "runtime" in sections and "accuracy" in results:
-        a = results["accuracy"]
-        results["runtime"] = runtime([("dense FP32", Path(a["dense_weights"])),
-                                      ("pruned + INT8 (QAT)", Path(a["sparse_weights"]))], opt.imgsz)
+        results["accuracy"] = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data)
+    if "runtime" in sections:
+        results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
     path = write_markdown(results, "python benchmarks.py " + " ".join(sys.argv[1:]))
     print(path.read_text())
 

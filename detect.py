@@ -157,7 +157,7 @@ def main(opt: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run(**vars(opt))
-    except (FileNotFoundError, ValueError, ImportError, OSError) as error:
+    except (FileNotFoundError, ValueError, ImportError, OSError, RuntimeError) as error:  # e.g. CheckpointError
         raise SystemExit(f"detect.py: error: {error}") from error
 
 

@@ -4,12 +4,19 @@ Usage:
     python export.py --weights runs/train/exp/weights/last.pt --include onnx --imgsz 640
     python export.py --weights last.pt --dynamic --simplify --opset 13
     python export.py --weights yolov5s.pt --one-shot recipes/prune.yaml --data data/coco128.yaml --calib-data 64
+    python export.py --weights last.pt --int8-format qdq --data data/shapes.yaml   # quantized: onnxruntime file only
 
 The ONNX file is written beside the weights (``last.pt`` -> ``last.onnx``). Input ``images`` (B, 3, H, W), output
 ``output0`` (B, anchors, 5 + nc) decoded as in Ultralytics YOLOv5. Dense and pruned models take float32 in [0, 1];
 quantized (QAT or one-shot PTQ) models go through SparseML and take **uint8 pixels 0-255**. Every export is checked:
 ``onnx.checker``, then onnxruntime against the torch model on a real image (``--data``) or a random one, and a
 summary (ops, conv weight sparsity, size, input) is printed.
+
+Quantized models have two INT8 formats (``--int8-format``, default ``both``): ``integer`` (``last.onnx``) is SparseML's
+ConvInteger graph that DeepSparse compiles natively; ``qdq`` (``last.qdq.onnx``) puts QuantizeLinear/DequantizeLinear
+around the convolutions, which onnxruntime fuses into integer kernels (QLinearConv, ...) and TensorRT / OpenVINO take.
+onnxruntime runs ConvInteger slower than float, and DeepSparse does not compile QDQ (it hands it to onnxruntime), so
+both are written by default. ``utils/sparsification/export.py`` says which QDQ scales are learned and which calibrated.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +47,7 @@ DEFAULT_OPSET = 13
 # by up to ~1% because (2 * sigmoid) ** 2 * anchor amplifies the head's quantization step (measured <= 1.8 px on
 # 400 px boxes, < 0.1 px on x, y; the engine study saw up to 4 px at 640).
 TOLERANCES = {"float32": (1e-2, 1e-4, 1e-4), "float16": (0.5, 1e-2, 1e-2), "quantized": (1.0, 2e-2, 2e-2)}
+INT8_FORMATS = ("both", "integer", "qdq")
 
 
 @dataclass
@@ -112,6 +121,7 @@ class ExportReport:
     summary: OnnxSummary
     check: OnnxCheck
     notes: list[str] = field(default_factory=list)
+    others: list[ExportReport] = field(default_factory=list)  # the second INT8 format (--int8-format both)
 
 
 class ExportCheckError(RuntimeError):
@@ -140,12 +150,16 @@ def summarize_onnx(path: str | Path) -> OnnxSummary:
     initializers = {init.name: init for init in graph.initializer}
     # (weight input index, weight zero-point input index or None) per convolution op
     weight_inputs = {"Conv": (1, None), "ConvInteger": (1, 3), "QLinearConv": (3, 5)}
+    producers = {output: node for node in graph.node for output in node.output}
     elements = zeros = count = 0
     layers: dict[str, float] = {}
     for node in graph.node:
         if node.op_type not in weight_inputs:
             continue
         w_index, zp_index = weight_inputs[node.op_type]
+        dequantize = producers.get(node.input[w_index]) if len(node.input) > w_index else None
+        if dequantize is not None and dequantize.op_type == "DequantizeLinear":  # QDQ: int8 weight and zero point
+            node, w_index, zp_index = dequantize, 0, 2
         if len(node.input) <= w_index or node.input[w_index] not in initializers:
             continue
         weight = numpy_helper.to_array(initializers[node.input[w_index]])
@@ -269,8 +283,12 @@ def _check_image_size(imgsz: list[int] | tuple[int, ...] | int, stride: int) -> 
 def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), batch_size: int = 1,
                 opset: int = DEFAULT_OPSET, dynamic: bool = False, simplify: bool = False, half: bool = False,
                 device: str = "", one_shot: str | None = None, data: str | None = None,
-                calib_data: int = 64) -> ExportReport:
-    """Load, optionally one-shot sparsify, export, check and summarize (``report.check.passed`` says if it matched)."""
+                calib_data: int = 64, int8_format: str = "both") -> ExportReport:
+    """Load, optionally one-shot sparsify, export, check and summarize (``report.check.passed`` says if it matched).
+
+    A quantized model is written as ``int8_format``: ``integer`` (``W.onnx``), ``qdq`` (``W.qdq.onnx``) or ``both``
+    (the QDQ report is then in ``report.others``).
+    """
     from utils.device import select_device
     from utils.sparsification.export import export_quantized_onnx, has_quantization, pin_input_quantization
     from utils.weights import load_weights
@@ -282,6 +300,8 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"weights not found: {weights}")
+    if int8_format not in INT8_FORMATS:
+        raise ValueError(f"unknown --int8-format {int8_format}: choose {', '.join(INT8_FORMATS)}")
     device = select_device(device)
     if half and device.type != "cuda":
         raise ValueError("--half needs a CUDA device (--device 0); float16 export is not supported on the CPU")
@@ -304,13 +324,22 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
     if quantized and half:
         raise ValueError("--half does not apply to a quantized model (it is already 8-bit)")
     path = weights.with_suffix(".onnx")
+    files: list[tuple[Path, str, list[str]]] = []  # (file, int8 format or "", notes of that file)
     if quantized:
         original = pin_input_quantization(model, imgsz)
         if original is None:
             raise ValueError("quantized model without an 8-bit input quantizer; cannot export uint8 input")
         notes.append(f"input quantizer pinned to 0-255 pixels (scale 1/255) from scale {original.original_scale:.6g}"
                      f" zero point {original.original_zero_point}")
-        export_quantized_onnx(model, path, imgsz, batch_size=batch_size, opset=opset, dynamic=dynamic)
+        with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as folder:
+            integer_path = path if int8_format != "qdq" else Path(folder) / path.name  # qdq alone: an intermediate
+            export_quantized_onnx(model, integer_path, imgsz, batch_size=batch_size, opset=opset, dynamic=dynamic)
+            if int8_format != "qdq":
+                files.append((path, "integer", notes))
+            if int8_format != "integer":
+                qdq_path = weights.with_suffix(".qdq.onnx")
+                qdq_notes = _write_qdq(integer_path, qdq_path, data, imgsz, max(calib_data, batch_size), stride)
+                files.append((qdq_path, "qdq", qdq_notes if int8_format == "both" else notes + qdq_notes))
         kind = "quantized"
     else:
         model = model.fuse()
@@ -321,19 +350,42 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
         sample = torch.zeros(batch_size, 3, *imgsz, device=device, dtype=torch.float16 if half else torch.float32)
         export_dense_onnx(model, path, sample, opset=opset, dynamic=dynamic)
         kind = "float16" if half else "float32"
+        files.append((path, "", notes))
     model.detect.export = False  # the check reads the (decoded, raw) tuple like any caller
-    if simplify and simplify_onnx(path):
-        notes.append("simplified with onnxsim")
     names = {i: str(n) for i, n in enumerate(model.names)}
-    write_metadata(path, {"stride": stride, "names": names, "quantized": quantized, "imgsz": list(imgsz),
-                          "batch": "dynamic" if dynamic else batch_size, "source": weights.name,
-                          "input": "uint8 0-255" if quantized else f"{kind} 0-1",
-                          "description": "YOLOv5 (yolov5-sparse export.py)"})
     images, description, _ = sample_images(data, imgsz, batch_size, stride)
-    check = check_onnx(path, model, images, description, kind, device)
-    summary = summarize_onnx(path)
-    notes.append(f"exported in {time.time() - started:.1f}s")
-    return ExportReport(path=path, quantized=quantized, summary=summary, check=check, notes=notes)
+    reports = []
+    for file, file_format, file_notes in files:
+        if simplify and file_format != "qdq" and simplify_onnx(file):  # onnxsim would fold the weights' Q/DQ away
+            file_notes.append("simplified with onnxsim")
+        metadata = {"stride": stride, "names": names, "quantized": quantized, "imgsz": list(imgsz),
+                    "batch": "dynamic" if dynamic else batch_size, "source": weights.name,
+                    "input": "uint8 0-255" if quantized else f"{kind} 0-1",
+                    "description": "YOLOv5 (yolov5-sparse export.py)"}
+        write_metadata(file, {**metadata, "int8_format": file_format} if file_format else metadata)
+        check = check_onnx(file, model, images, description, kind, device)
+        reports.append(ExportReport(path=file, quantized=quantized, summary=summarize_onnx(file), check=check,
+                                    notes=file_notes))
+    reports[0].notes.append(f"exported in {time.time() - started:.1f}s")
+    reports[0].others = reports[1:]
+    return reports[0]
+
+
+def _write_qdq(integer_path: Path, qdq_path: Path, data: str | None, imgsz: tuple[int, int], count: int,
+               stride: int) -> list[str]:
+    """Write the QDQ file from the integer graph (ranges QAT did not learn calibrated on ``data``); its notes."""
+    from utils.sparsification.export import integer_to_qdq, onnxruntime_ops
+
+    if not data:
+        LOGGER.warning("QDQ export without --data: the activation ranges that QAT did not learn are calibrated on "
+                       "random pixels; pass --data for real images")
+    images, description, _ = sample_images(data, imgsz, count, stride, seed=1)
+    conversion = integer_to_qdq(integer_path, qdq_path, images.numpy())
+    fused = onnxruntime_ops(qdq_path)
+    integer_ops = {op: n for op, n in fused.most_common() if op.startswith("QLinear") or op == "ConvInteger"}
+    return [f"{conversion.note()} ({description})",
+            "onnxruntime runs it as " + (", ".join(f"{op} {n}" for op, n in integer_ops.items())
+                                         or "float ops only (no integer kernels fused)")]
 
 
 def one_shot_needs_calibration(recipe: str) -> bool:
@@ -346,20 +398,24 @@ def one_shot_needs_calibration(recipe: str) -> bool:
 def run(weights: str | Path = "yolov5s.pt", include: tuple[str, ...] | list[str] = ("onnx",),
         imgsz: int | tuple[int, ...] = (640, 640), batch_size: int = 1, opset: int = DEFAULT_OPSET,
         dynamic: bool = False, simplify: bool = False, half: bool = False, device: str = "",
-        one_shot: str | None = None, data: str | None = None, calib_data: int = 64) -> list[Path]:
-    """Python entry point; returns the exported files (one per ``include`` format)."""
+        one_shot: str | None = None, data: str | None = None, calib_data: int = 64,
+        int8_format: str = "both") -> list[Path]:
+    """Python entry point; returns the exported files (two for a quantized model with ``int8_format="both"``)."""
     unsupported = [x for x in include if x.lower() not in FORMATS]
     if unsupported:
         raise ValueError(f"unsupported --include {', '.join(unsupported)}: this repository exports "
                          f"{', '.join(FORMATS)} only")
     report = export_onnx(weights, imgsz=imgsz, batch_size=batch_size, opset=opset, dynamic=dynamic,
                          simplify=simplify, half=half, device=device, one_shot=one_shot, data=data,
-                         calib_data=calib_data)
-    for line in [*report.summary.lines(), report.check.line(), *(f"  note   {n}" for n in report.notes)]:
-        print(line)
-    if not report.check.passed:
-        raise ExportCheckError(f"{report.path} was written but differs from the torch model beyond tolerance")
-    return [report.path]
+                         calib_data=calib_data, int8_format=int8_format)
+    reports = [report, *report.others]
+    for each in reports:
+        for line in [*each.summary.lines(), each.check.line(), *(f"  note   {n}" for n in each.notes)]:
+            print(line)
+    failed = [str(each.path) for each in reports if not each.check.passed]
+    if failed:
+        raise ExportCheckError(f"{', '.join(failed)} written but differs from the torch model beyond tolerance")
+    return [each.path for each in reports]
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -375,7 +431,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (quantized export: >= 13)")
     parser.add_argument("--one-shot", type=str, default=None, help="recipe to apply without training before export")
     parser.add_argument("--data", type=str, default=None, help="dataset YAML: check image, one-shot calibration")
-    parser.add_argument("--calib-data", type=int, default=64, help="number of val images to calibrate one-shot PTQ")
+    parser.add_argument("--calib-data", type=int, default=64,
+                        help="number of val images to calibrate one-shot PTQ and the QDQ file's added ranges")
+    parser.add_argument("--int8-format", choices=INT8_FORMATS, default="both",
+                        help="quantized models: integer (W.onnx, for DeepSparse), qdq (W.qdq.onnx, for onnxruntime, "
+                             "TensorRT, OpenVINO) or both")
     opt = parser.parse_args(argv)
     unsupported = [x for x in opt.include if x.lower() not in FORMATS]
     if unsupported:

@@ -55,6 +55,7 @@ from utils.metrics import fitness  # noqa: E402
 from utils.optim import build_optimizer, lr_lambda  # noqa: E402
 from utils.runs import increment_path  # noqa: E402
 from utils.sparsification import Sparsifier, create_sparsifier, restore_structure  # noqa: E402
+from utils.sparsification.zoo import ZooUnavailableError  # noqa: E402
 from utils.weights import convert_official, intersect_state_dicts, read_weights_file  # noqa: E402
 
 LOGGER = logging.getLogger("train")
@@ -114,8 +115,20 @@ def load_hyp(hyp: str | dict) -> dict:
     path = Path(hyp)
     if not path.is_file():
         raise TrainingError(f"hyperparameter file not found: {hyp}; see data/hyps/ for examples")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            hyp = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise TrainingError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix it or start from a file "
+                            f"in data/hyps/") from None
+    required = ["lr0", "lrf", "momentum", "weight_decay", "box", "cls", "obj", "anchor_t"]
+    if isinstance(hyp, dict) and hyp.get("warmup_epochs", 0):
+        required += ["warmup_bias_lr", "warmup_momentum"]
+    bad = [key for key in required if not isinstance(hyp, dict) or not isinstance(hyp.get(key), (int, float))]
+    if bad:
+        raise TrainingError(f"{path}: missing or non-numeric hyperparameters {', '.join(bad)}; copy them from "
+                            f"data/hyps/hyp.scratch-low.yaml")
+    return hyp
 
 
 def find_latest_run(search_dir: Path) -> Path:
@@ -187,9 +200,11 @@ def build_model(opt: argparse.Namespace, nc: int, hyp: dict, resume_checkpoint: 
     restore_structure(model, structure)
     exclude = ("anchors",) if (opt.cfg or hyp.get("anchors")) else ()
     transferable = intersect_state_dicts(source_state, model.state_dict(), exclude=exclude)
-    if structure and len(transferable) != len(model.state_dict()):
-        LOGGER.warning("sparsified checkpoint %s has a different head (%s classes here): the Detect head is "
-                       "re-initialised", weights, nc)
+    source_nc = source_yaml.get("nc") if isinstance(source_yaml, dict) else None
+    if source_nc is not None and int(source_nc) != nc:
+        LOGGER.warning("%s was trained on %s classes and %s has %d: transfer learning, the Detect output layers "
+                       "start from scratch (all other layers keep the checkpoint's weights)", weights, source_nc,
+                       opt.data, nc)
     model.load_state_dict(transferable, strict=False)
     LOGGER.info("transferred %d/%d items from %s", len(transferable), len(model.state_dict()), weights)
     return model.to(device), loaded
@@ -352,6 +367,10 @@ def truncate_results(path: Path, start_epoch: int) -> None:
         writer.writerows(rows)
 
 
+def weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def global_sparsity(model: nn.Module) -> float:
     weights = [p for n, p in unwrap(model).named_parameters() if p.dim() == 4 and n.endswith("weight")]
     total = sum(p.numel() for p in weights)
@@ -371,6 +390,8 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
 
     if resume_checkpoint:
         save_dir = Path(opt.save_dir)
+        for stale in (save_dir / "weights").glob(".*.tmp"):  # a checkpoint write that a kill interrupted
+            stale.unlink(missing_ok=True)
     else:
         save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
         opt.save_dir = str(save_dir)
@@ -383,7 +404,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
                            sort_keys=False)
         logging.getLogger().addHandler(logging.FileHandler(save_dir / "train.log", encoding="utf-8"))
 
-    data = check_dataset(opt.data)
+    data = check_dataset(opt.data, require_train=True)
     nc = 1 if opt.single_cls else int(data["nc"])
     names = [data["names"][i] for i in sorted(data["names"])]
     if opt.single_cls and len(names) != 1:
@@ -499,6 +520,9 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
             ema=ema, sparsifier=sparsifier, state=state, epoch=epoch, epochs=epochs, hyp=hyp,
             batch_size=batch_size, imgsz=opt.imgsz, warmup=warmup, multi_scale=opt.multi_scale,
             grid_size=grid_size, device=device, is_main=context.is_main)
+        if not weights_finite(bare) or (ema is not None and not weights_finite(ema.ema)):
+            raise TrainingError(f"non-finite weights after epoch {epoch}; stopping before they are saved, the last "
+                                f"good checkpoint stays in {save_dir / 'weights'}. Lower the learning rate (--hyp).")
         learning_rates = [group["lr"] for group in optimizer.param_groups]
         if scheduler is not None:
             scheduler.step()
@@ -620,7 +644,7 @@ def main(opt: argparse.Namespace) -> dict:
     setup_logging(context)
     try:
         return train(opt, context)
-    except (TrainingError, CheckpointError, FileNotFoundError, ValueError) as error:
+    except (TrainingError, CheckpointError, ZooUnavailableError, OSError, ValueError, yaml.YAMLError) as error:
         LOGGER.error("error: %s", error)
         raise SystemExit(1) from error
 

@@ -83,20 +83,23 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
     A failed write (disk full, permission denied) leaves any previous checkpoint at ``path`` untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "wb") as f:
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {path}: {error}; the previous checkpoint (if any) is "
                               f"intact. Free disk space or fix permissions, then --resume.") from error
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
         raise
     return path
 
@@ -109,7 +112,8 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load one of the project's checkpoints with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; pass the path of an existing .pt file (e.g. a run's "
+                              f"weights/last.pt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for damaged files

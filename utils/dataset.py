@@ -289,7 +289,8 @@ class LoadImagesAndLabels(Dataset):
         _report(entries, prefix)
         keep = [i for i, f in enumerate(im_files) if entries[f]["error"] is None]
         if not keep:
-            raise FileNotFoundError(f"{prefix}no usable images in {path}: all {len(im_files)} were skipped")
+            raise FileNotFoundError(f"{prefix}no usable images in {path}: all {len(im_files)} were skipped (reasons "
+                                    f"listed above); fix or replace those files")
         self.im_files = [im_files[i] for i in keep]
         self.label_files = [label_files[i] for i in keep]
         self.labels = [np.array(entries[f]["labels"], dtype=np.float32).reshape(-1, 5) for f in self.im_files]

@@ -213,8 +213,9 @@ def _download(spec: Any, root: Path, base: Path, where: str) -> None:
         _unpack(_fetch(url, dest, where, root), dest)
 
 
-def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
+def check_dataset(data: str | Path | dict, autodownload: bool = True, require_train: bool = False) -> dict:
     """Validate a dataset YAML (or dict), resolve its paths and fetch the data if `val` is missing.
+    With `require_train` (training), a missing `train` split is an error naming the YAML too.
 
     Returns {path, train, val, test, names, nc, yaml_file}: paths are absolute str (or lists of str, as given),
     `test` may be None, `names` is {int: str}, `yaml_file` is the absolute YAML path (None for a dict).
@@ -242,6 +243,9 @@ def check_dataset(data: str | Path | dict, autodownload: bool = True) -> dict:
             raise DatasetConfigError(
                 f"{where}: download finished but val data is still missing at {splits['val']}; check `download:`"
             )
+    if require_train and not _exists(splits["train"]):
+        raise DatasetConfigError(f"{where}: train data not found at {splits['train']}; fix `train:` (relative to "
+                                 f"`path:` {root}) or put the images there")
     return {
         "path": str(root),
         "train": splits["train"],

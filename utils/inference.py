@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -141,18 +142,41 @@ def _static_shape(shape: list) -> tuple[int | None, tuple[int, int] | None]:
     return batch, ((height, width) if fixed else None)
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def onnxruntime_options(threads: int | None = None, spinning: bool = False) -> object:
+    """onnxruntime options: ``threads`` intra-op threads (default: every core), one inter-op thread, all optimizations.
+
+    Spinning is off by default: idle worker threads that busy-wait for work measured 1.3-2x slower on a 2-core machine
+    shared with other processes (BENCHMARKS.md); on a dedicated many-core server ``spinning=True`` may gain a little.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or cpu_cores()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
 class OnnxRuntimeBackend(Backend):
     """An ONNX file run by onnxruntime (CUDA provider when a GPU device is asked for and available)."""
 
     runtime = "onnxruntime"
 
-    def __init__(self, weights: str | Path, device: torch.device) -> None:
+    def __init__(self, weights: str | Path, device: torch.device, threads: int | None = None,
+                 spinning: bool = False) -> None:
         import onnxruntime
 
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = onnxruntime.InferenceSession(str(weights), providers=providers)
+        self.session = onnxruntime.InferenceSession(str(weights), onnxruntime_options(threads, spinning),
+                                                    providers=providers)
         model_input = self.session.get_inputs()[0]
         if model_input.type not in _ORT_TYPES:
             raise ValueError(f"{weights}: unsupported input type {model_input.type}")
@@ -177,7 +201,7 @@ class DeepSparseBackend(Backend):
 
     runtime = "deepsparse"
 
-    def __init__(self, weights: str | Path, device: torch.device) -> None:
+    def __init__(self, weights: str | Path, device: torch.device, threads: int | None = None) -> None:
         if importlib.util.find_spec("deepsparse") is None:
             raise ImportError(DEEPSPARSE_MISSING)
         if device.type != "cpu":
@@ -197,6 +221,7 @@ class DeepSparseBackend(Backend):
         input_dtype = _ONNX_ELEM_TYPES[tensor_type.elem_type]
         batch, imgsz = _static_shape(shape)
         self._engines: dict[tuple[int, ...], object] = {}
+        self.num_cores = threads or cpu_cores()
         super().__init__(weights, names=names, stride=stride, imgsz=imgsz, batch_size=batch,
                          input_dtype=input_dtype, is_quantized=quantized if quantized is not None
                          else input_dtype == torch.uint8, device=device)
@@ -205,20 +230,66 @@ class DeepSparseBackend(Backend):
         shape = tuple(inputs.shape)
         engine = self._engines.get(shape)
         if engine is None:
-            from deepsparse import Engine
-
-            engine = Engine(model=self.weights, batch_size=shape[0], input_shapes=[list(shape)])
+            engine = deepsparse_engine(self.weights, shape, self.num_cores)
             self._engines[shape] = engine
         return torch.from_numpy(engine.run([np.ascontiguousarray(inputs.numpy())])[0])
 
 
-def default_runtime() -> str:
-    """The fastest ONNX runtime installed: DeepSparse when importable (sparse INT8 speed-ups), else onnxruntime."""
+def deepsparse_engine(weights: str | Path, input_shape: tuple[int, ...], num_cores: int | None = None) -> object:
+    """A DeepSparse ``Engine`` compiled for ``input_shape``, leaving the file untouched.
+
+    DeepSparse 1.8's own ``input_shapes=`` override rewrites the ONNX file in place (a --dynamic export would become
+    static for every later reader), so a file whose input shape differs is compiled from a temporary copy instead.
+    """
+    import tempfile
+
+    import onnx
+    from deepsparse import Engine
+
+    model = onnx.load(str(weights))
+    graph_input = next(i for i in model.graph.input if i.name not in {x.name for x in model.graph.initializer})
+    dims = graph_input.type.tensor_type.shape.dim
+    if [d.dim_value if d.HasField("dim_value") else None for d in dims] == list(input_shape):
+        return Engine(model=str(weights), batch_size=input_shape[0], num_cores=num_cores or cpu_cores())
+    for dim, value in zip(dims, input_shape):
+        dim.Clear()
+        dim.dim_value = int(value)
+    with tempfile.TemporaryDirectory(prefix="deepsparse-") as folder:
+        path = Path(folder) / Path(weights).name
+        onnx.save(model, str(path))
+        return Engine(model=str(path), batch_size=input_shape[0], num_cores=num_cores or cpu_cores())
+
+
+def is_qdq_onnx(weights: str | Path) -> bool:
+    """Whether the file is export.py's QDQ INT8 format (QuantizeLinear/DequantizeLinear around float convolutions)."""
+    import onnx
+
+    model = onnx.load(str(weights), load_external_data=False)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if "int8_format" in metadata:
+        return metadata["int8_format"] == "qdq"
+    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    return any(node.op_type == "Conv" and producers.get(node.input[1]) == "DequantizeLinear"
+               for node in model.graph.node)
+
+
+def default_runtime(weights: str | Path | None = None) -> str:
+    """The fastest ONNX runtime installed for ``weights``: DeepSparse when importable, else onnxruntime.
+
+    QDQ files always go to onnxruntime: DeepSparse does not compile them (it hands the whole graph to the onnxruntime
+    it bundles, measured 0% of ops supported).
+    """
+    if weights is not None and is_qdq_onnx(weights):
+        return "onnxruntime"
     return "deepsparse" if importlib.util.find_spec("deepsparse") is not None else "onnxruntime"
 
 
-def load_backend(weights: str | Path, device: str | torch.device = "cpu", runtime: str | None = None) -> Backend:
-    """``.pt`` -> PyTorch; ``.onnx`` -> onnxruntime or DeepSparse (``runtime``; default: the fastest installed)."""
+def load_backend(weights: str | Path, device: str | torch.device = "cpu", runtime: str | None = None,
+                 threads: int | None = None) -> Backend:
+    """``.pt`` -> PyTorch; ``.onnx`` -> onnxruntime or DeepSparse (``runtime``; default: the fastest installed).
+
+    ``threads``: intra-op threads (onnxruntime) or cores (DeepSparse); default every core this process may use.
+    """
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights not found: {path}")
@@ -230,11 +301,15 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", runtim
         return TorchBackend(path, device)
     if suffix != ".onnx":
         raise ValueError(f"unsupported weights format '{path.suffix}': pass a .pt checkpoint or an .onnx file")
-    runtime = runtime or default_runtime()
+    runtime = runtime or default_runtime(path)
     if runtime == "onnxruntime":
-        return OnnxRuntimeBackend(path, device)
+        qdq = path.with_suffix(".qdq.onnx")
+        if not path.name.endswith(".qdq.onnx") and qdq.is_file():
+            LOGGER.info("%s beside %s is the INT8 format onnxruntime runs fastest (integer kernels)", qdq.name,
+                        path.name)
+        return OnnxRuntimeBackend(path, device, threads=threads)
     if runtime == "deepsparse":
-        return DeepSparseBackend(path, device)
+        return DeepSparseBackend(path, device, threads=threads)
     raise ValueError(f"unknown runtime '{runtime}' for an ONNX file; choose onnxruntime or deepsparse")
 
 

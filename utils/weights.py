@@ -56,8 +56,8 @@ def read_weights_file(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}. Pass a local .pt file (project or official YOLOv5).")
     if path.stat().st_size == 0 or not _is_zip_or_pickle(path):
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (empty or another format). Pass a .pt file "
-                              f"written by this project or an official YOLOv5 release.")
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (empty, truncated or another format). Pass a .pt "
+                              f"file written by this project or an official YOLOv5 release.")
     try:
         with torch.serialization.safe_globals(OFFICIAL_ALLOWED_CLASSES):
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -20,11 +20,13 @@ learns about them from ``epoch_start`` before AMP or the EMA could touch a fake-
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import json
 import logging
 import math
+import operator
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,19 @@ _SCHEDULE_ATTRIBUTES = (
 )
 _EVENT_ATTRIBUTES = ("start_epoch", "end_epoch", "freeze_bn_stats_epoch", "disable_quantization_observer_epoch")
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+
+# A recipe is a few KB of YAML with a handful of nesting levels and numbers below a few hundred. Anything far outside
+# that is refused before SparseML parses or evaluates it: its YAML loader recurses per nesting level and its eval()
+# computes 9**9**9 for as long as it takes.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_DEPTH = 32
+MAX_RECIPE_NUMBER = 1e9  # any number written in a recipe or computed by one of its eval() expressions
+MAX_RECIPE_EPOCHS = 10_000
+MAX_EXPRESSION_CHARS = 500
+_EVAL_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+                   ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_EVAL_FUNCTIONS = {"abs": abs, "float": float, "int": int, "min": min, "max": max, "round": round}
+_NUMBER_CHARACTERS = frozenset("0123456789._e+-")
 
 
 class RecipeError(ValueError):
@@ -112,18 +127,24 @@ def _read_recipe_text(recipe: str) -> tuple[str, str, int]:
     if "\n" in recipe:
         return _front_matter(recipe, "<recipe text>")
     if recipe.startswith("zoo:"):
-        from utils.sparsification.zoo import resolve_recipe  # bounded, offline-aware SparseZoo lookup
+        from utils.sparsification.zoo import ZooUnavailableError, resolve_recipe  # bounded, offline-aware lookup
 
         try:
             local = resolve_recipe(recipe)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ZooUnavailableError) as error:
             raise RecipeError(str(error)) from None
         text, _, offset = _read_recipe_text(local)
         return text, f"{recipe} ({local})", offset
     path = Path(recipe)
     if not path.is_file():
-        raise RecipeError(f"recipe file not found: {recipe}")
-    return _front_matter(path.read_text(encoding="utf-8"), str(path))
+        raise RecipeError(f"recipe file not found: {recipe}; pass a recipe YAML (see recipes/) or a zoo: stub")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {path.stat().st_size} bytes is far larger than a recipe (limit "
+                          f"{MAX_RECIPE_BYTES}); pass the recipe YAML itself")
+    try:
+        return _front_matter(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path} is not a text file (not UTF-8); pass a recipe YAML") from None
 
 
 def _front_matter(text: str, source: str) -> tuple[str, str, int]:
@@ -140,6 +161,132 @@ def _registered_modifiers() -> set[str]:
     prefix = "!pytorch."
     return {tag[len(prefix):] for tag in yaml.Loader.yaml_constructors
             if isinstance(tag, str) and tag.startswith(prefix)}
+
+
+def _check_recipe_limits(text: str, source: str, line_offset: int) -> None:
+    """Refuse, in one pass over the YAML events and before SparseML sees the text, a recipe that is too large, nested
+    too deep, or holds a huge or non-finite number. Syntax errors are left to ``_check_recipe_syntax``."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{source}: {len(text)} characters is far larger than a recipe (limit {MAX_RECIPE_BYTES})")
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            line = event.start_mark.line + 1 + line_offset
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_RECIPE_DEPTH:
+                    raise RecipeError(f"{source}: nested deeper than {MAX_RECIPE_DEPTH} levels at line {line}; a "
+                                      f"recipe is a mapping of variables and modifier lists, a few levels deep")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            elif isinstance(event, yaml.ScalarEvent) and not event.style:  # plain (unquoted) scalars
+                value = event.value.strip().lower()
+                number = value[:1] in "+-.0123456789" and set(value) <= _NUMBER_CHARACTERS
+                if (number and (len(value) > 40 or _number_too_large(value))) or value in (".inf", "+.inf", "-.inf",
+                                                                                            ".nan"):
+                    raise RecipeError(f"{source}: number {event.value[:40]} at line {line} is out of range (|x| <= "
+                                      f"{MAX_RECIPE_NUMBER:g}, finite); recipes take epochs, sparsities, rates")
+    except yaml.YAMLError as error:
+        if "nesting depth" in str(error):  # libyaml's own limit, reached while scanning ahead
+            raise RecipeError(f"{source}: nested deeper than {MAX_RECIPE_DEPTH} levels; a recipe is a mapping of "
+                              f"variables and modifier lists, a few levels deep") from None
+
+
+def _number_too_large(value: str) -> bool:
+    try:
+        return not abs(float(value.replace("_", ""))) <= MAX_RECIPE_NUMBER
+    except ValueError:
+        return False
+
+
+def _check_recipe_expressions(container: Any, overrides: dict[str, Any], source: str) -> None:
+    """Evaluate every ``eval(...)`` with the operations SparseML's restricted evaluator allows, but bounded: each
+    value must stay finite and within MAX_RECIPE_NUMBER, so SparseML then never computes a huge number."""
+    for key, value in overrides.items():
+        if isinstance(value, str) and value.startswith("eval(") and value.endswith(")"):
+            value = _bounded_eval(value, {}, source)
+        if _is_number(value) and not abs(value) <= MAX_RECIPE_NUMBER:
+            raise RecipeError(f"{source}: {key}={value} is out of range (|x| <= {MAX_RECIPE_NUMBER:g}, finite)")
+    variables = {key: value for key, value in overrides.items() if _is_number(value)}
+
+    def visit(node: Any, scope: dict[str, Any]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item, scope)
+        if not isinstance(node, dict):
+            return
+        scope = dict(scope)
+        for key, value in node.items():
+            if isinstance(value, str) and value.startswith("eval(") and value.endswith(")"):
+                result = _bounded_eval(value, scope, source)
+                if result is not None and key not in overrides:
+                    scope[key] = result
+            elif _is_number(value) and key not in overrides:
+                scope[key] = value
+        for value in node.values():
+            visit(value, scope)
+
+    visit(container, variables)
+
+
+def _bounded_eval(text: str, variables: dict[str, Any], source: str) -> float | None:
+    """The value of ``eval(<expression>)``; None when it names an unknown variable (SparseML reports that)."""
+    expression = text[len("eval("):-1].strip()
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise RecipeError(f"{source}: {text[:60]}... is longer than {MAX_EXPRESSION_CHARS} characters; simplify it")
+
+    def value_of(node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant) and _is_number(node.value):
+            result = node.value
+        elif isinstance(node, ast.Name):
+            if node.id not in variables:
+                raise KeyError(node.id)
+            result = variables[node.id]
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            result = -value_of(node.operand) if isinstance(node.op, ast.USub) else value_of(node.operand)
+        elif isinstance(node, ast.BinOp) and type(node.op) in _EVAL_OPERATORS:
+            left, right = value_of(node.left), value_of(node.right)
+            if isinstance(node.op, ast.Pow) and abs(left) > 1 and abs(right) * math.log10(abs(left)) > 12:
+                raise OverflowError("a power beyond 1e12")
+            result = _EVAL_OPERATORS[type(node.op)](left, right)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _EVAL_FUNCTIONS
+              and not node.keywords):
+            result = _EVAL_FUNCTIONS[node.func.id](*(value_of(argument) for argument in node.args))
+        else:
+            raise SyntaxError(f"'{ast.unparse(node)}' is not arithmetic on numbers and recipe variables (allowed: "
+                              f"+ - * / // % **, {', '.join(_EVAL_FUNCTIONS)})")
+        if not _is_number(result) or not abs(result) <= MAX_RECIPE_NUMBER:
+            raise OverflowError(f"value {str(result)[:40]} is out of range (|x| <= {MAX_RECIPE_NUMBER:g}, finite)")
+        return result
+
+    try:
+        return value_of(ast.parse(expression, mode="eval").body)
+    except KeyError:
+        return None
+    except (SyntaxError, OverflowError, ArithmeticError, TypeError, ValueError, RecursionError) as error:
+        reason = error.msg if isinstance(error, SyntaxError) and error.msg else str(error) or type(error).__name__
+        raise RecipeError(f"{source}: {text[:80]} refused: {reason}") from None
+
+
+def _check_schedule(manager: Any, source: str) -> None:
+    """Epochs that contradict each other: an event after the end of the EpochRangeModifier, or a run far too long."""
+    length = recipe_epochs(manager)
+    if length is not None and length > MAX_RECIPE_EPOCHS:
+        raise RecipeError(f"{source}: the recipe runs {length} epochs (limit {MAX_RECIPE_EPOCHS}); check its epochs")
+    if not manager.epoch_modifiers:
+        return
+    end = max(float(getattr(m, "end_epoch", -1)) for m in manager.epoch_modifiers)
+    for modifier in manager.iter_modifiers():
+        kind = type(modifier).__name__
+        if kind == "EpochRangeModifier" or end < 0:
+            continue
+        for attribute, value in _event_epochs(modifier).items():
+            if attribute == "end_epoch" and "LearningRate" in kind:
+                continue
+            if value > end + 1e-9:
+                raise RecipeError(f"{source}: epochs contradict each other: {kind} {attribute} {value:g} is after the "
+                                  f"end of training (EpochRangeModifier end_epoch {end:g}); lower {attribute} or "
+                                  f"raise the EpochRangeModifier's end_epoch")
 
 
 def _check_recipe_syntax(text: str, source: str, line_offset: int) -> None:
@@ -227,17 +374,23 @@ def load_recipe(recipe: str, recipe_args: str | dict | None = None,
     With ``requested_epochs``, every numeric recipe variable whose name contains 'epoch' and that ``recipe_args`` does
     not set is scaled by ``requested_epochs / num_epochs`` (the recipe's own length when it has no ``num_epochs``).
     """
-    apply_compat()
     text, source, line_offset = _read_recipe_text(recipe)
+    _check_recipe_limits(text, source, line_offset)
+    apply_compat()
     _check_recipe_syntax(text, source, line_offset)
     variables, staged = _recipe_variables(text)
     overrides = parse_recipe_args(recipe_args)
+    from sparseml.optim.helpers import load_recipe_yaml_str_no_classes
+
+    _check_recipe_expressions(load_recipe_yaml_str_no_classes(text), overrides, f"{source} (recipe_args {overrides})"
+                              if overrides else source)
     unknown = [key for key in overrides if key not in variables]
     if unknown and not staged:
         known = ", ".join(sorted(variables)) or "none"
         raise RecipeError(f"recipe_args sets {', '.join(unknown)}, which {source} does not define "
                           f"(its variables: {known})")
     manager = _build_manager(text, overrides, source)
+    _check_schedule(manager, source)
     notes = [f"recipe {source}" + (f" with {overrides}" if overrides else "")]
     length = recipe_epochs(manager)
     if requested_epochs is None or requested_epochs == length:
@@ -255,6 +408,7 @@ def load_recipe(recipe: str, recipe_args: str | dict | None = None,
     ratio = requested_epochs / base
     scaled = {key: _scaled_epoch(value * ratio) for key, value in scalable.items()}
     manager = _build_manager(text, {**overrides, **scaled}, source)
+    _check_schedule(manager, source)
     mapping = ", ".join(f"{key} {_format_number(scalable[key])} -> {_format_number(scaled[key])}"
                         for key in scalable if key != "num_epochs" and scaled[key] != scalable[key])
     label = "num_epochs" if "num_epochs" in scalable else "length"
@@ -764,7 +918,7 @@ class RecipeSparsifier(Sparsifier):
         stages = state.get("stages") or []
         if state.get("is_quantized") and self._manager.quantization_modifiers:
             stage = next((i for i, s in enumerate(stages) if s.get("is_quantized")), len(stages) - 1)
-            raise RecipeError(f"checkpoint is already quantized (recipe stage {stage}); remove the "
+            raise RecipeError(f"{self.source}: checkpoint is already quantized (recipe stage {stage}); remove the "
                               f"QuantizationModifier or start from the pre-QAT checkpoint")
         pruned = {name: 1.0 - float(unpack_mask(packed).float().mean()) for name, packed in self._base_masks.items()}
         pruned = {name: sparsity for name, sparsity in pruned.items() if sparsity > 0}

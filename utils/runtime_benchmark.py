@@ -1,0 +1,538 @@
+"""Deployment speed (``benchmarks.py --only runtime``): dense, pruned and pruned+INT8 ONNX files in each runtime.
+
+For yolov5n and yolov5s at 320 and 640: batch-1 latency (median and p90) and batch-8 throughput of every file in
+onnxruntime and (when installed) DeepSparse, with the ratio to onnxruntime dense FP32 of the same model and size. All
+files of one model and size are timed in one loop that interleaves them run by run, so that the drift of a shared
+machine hits every variant alike. Files are exported once per model with dynamic batch and size (measured: no speed
+difference to a static graph in onnxruntime) and checked against torch by export.py.
+
+onnxruntime files are interleaved run by run. DeepSparse engines are timed one at a time, so that a single DeepSparse
+thread pool is alive while it is timed. DeepSparse with num_cores = all cores collapses when other processes load the
+machine (a worker descheduled at every layer's barrier: measured 0.6 ms -> 260 ms for yolov5n at 64 px on this 2-core
+machine), so the section records the load average, and the thread study includes num_cores 1.
+
+Weights: yolov5n uses the accuracy section's trained checkpoints when they exist (``runs/bench/accuracy``), so the mAP
+column is real; otherwise (and always for yolov5s) random weights with BatchNorm statistics of real images, pruned
+and quantized one-shot by the recipes (magnitude pruning, post-training calibration): speed is the same, mAP is n/a.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LOGGER = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = "data/shapes.yaml"
+VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq")
+THROUGHPUT_BATCH = 8
+
+
+@dataclass
+class Settings:
+    """How much to measure; ``quick`` is the few-minute version."""
+
+    models: tuple[str, ...] = ("yolov5n", "yolov5s")
+    sizes: tuple[int, ...] = (320, 640)
+    latency_runs: int = 30
+    latency_runs_large: int = 20  # yolov5s at 640
+    throughput_runs: int = 6
+    warmup: int = 5
+    calib_images: int = 32
+    threads_study: bool = True
+    accuracy: bool = True
+    map_sizes: tuple[int, ...] = (320, 640)
+    data: str = DATA  # validation set of the mAP column (the accuracy section's dataset)
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(latency_runs=20, latency_runs_large=20, throughput_runs=3, warmup=3, calib_images=8,
+                   map_sizes=(320,))
+
+
+@dataclass
+class ModelFiles:
+    """One model's ONNX files by variant, and where their weights came from."""
+
+    model: str
+    trained: bool
+    files: dict[str, Path]
+    checks: dict[str, str] = field(default_factory=dict)  # variant -> export check line
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------------------ files
+
+
+def _condition_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    # A random network's activations shrink towards zero layer after layer; BatchNorm statistics of real images give
+    # activations of realistic range, so that calibration and 8-bit ranges mean something.
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batchnorms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images.float() / 255)
+    for bn in batchnorms:
+        bn.momentum = 0.03
+    return model.eval()
+
+
+def _random_checkpoint(cfg: str, folder: Path, imgsz: int) -> Path:
+    import export
+    from models.yolo import DetectionModel
+    from utils.checkpoint import build_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = DetectionModel(f"{cfg}.yaml", nc=80)  # COCO-sized head: the deployment case
+    model.names = [f"class{i}" for i in range(80)]
+    images, _, _ = export.sample_images(DATA, (imgsz, imgsz), 8)
+    model = _condition_batchnorm(model, images)
+    checkpoint = build_checkpoint(model_yaml=model.yaml, names=list(model.names), model_state=model.state_dict(),
+                                  ema_state=None, ema_updates=0, optimizer_state=None, scaler_state=None, epoch=0,
+                                  best_fitness=0.0, phase_best_fitness={}, options={}, hyp={}, sparsification={},
+                                  final=True)
+    return save_checkpoint(checkpoint, folder / "random.pt")
+
+
+def trained_checkpoints(accuracy_dir: Path) -> dict[str, Path] | None:
+    """The accuracy section's yolov5n checkpoints by variant, or None when it has not run."""
+    dense = accuracy_dir / "dense" / "weights" / "best.pt"
+    quantized = accuracy_dir / "pruned_quant" / "weights" / "last.pt"
+    if not (dense.is_file() and quantized.is_file()):
+        return None
+    pruned = accuracy_dir / "pruned_quant" / "weights" / "best_pruned.pt"
+    return {"dense": dense, "pruned": pruned if pruned.is_file() else None, "quantized": quantized}
+
+
+def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir: Path | None) -> ModelFiles:
+    """Export the four variants of ``cfg`` (dynamic batch and size) into ``folder``; checks recorded per file."""
+    import export
+
+    folder.mkdir(parents=True, exist_ok=True)
+    trained = trained_checkpoints(accuracy_dir) if cfg == "yolov5n" and accuracy_dir is not None else None
+    calibration_size = 320
+    notes = []
+    if trained:
+        sources = {"dense": (trained["dense"], None),
+                   "pruned": (trained["pruned"], None) if trained["pruned"]
+                   else (trained["dense"], f"recipes/{cfg}.pruned.yaml"),
+                   "quantized": (trained["quantized"], None)}
+        notes.append(f"{cfg}: trained weights of {accuracy_dir} (pruned FP32: "
+                     + ("the recipe run's best_pruned.pt" if trained["pruned"] else "one-shot pruning of dense")
+                     + ")")
+    else:
+        dense = _random_checkpoint(cfg, folder, calibration_size)
+        sources = {"dense": (dense, None), "pruned": (dense, f"recipes/{cfg}.pruned.yaml"),
+                   "quantized": (dense, f"recipes/{cfg}.pruned_quant.yaml")}
+        notes.append(f"{cfg}: random weights (80 classes), one-shot {cfg}.pruned.yaml / {cfg}.pruned_quant.yaml "
+                     f"(post-training calibration on {settings.calib_images} images)")
+    files: dict[str, Path] = {}
+    checks: dict[str, str] = {}
+    for name, (weights, recipe) in sources.items():
+        target = folder / f"{name}.pt"
+        shutil.copyfile(weights, target)
+        started = time.time()
+        report = export.export_onnx(target, imgsz=calibration_size, dynamic=True, one_shot=recipe, data=DATA,
+                                    calib_data=settings.calib_images, device="cpu", int8_format="both")
+        LOGGER.info("exported %s %s in %.0fs", cfg, name, time.time() - started)
+        for each in (report, *report.others):
+            variant = {"dense": "dense FP32", "pruned": "pruned FP32"}.get(
+                name, "pruned INT8 qdq" if each.path.name.endswith(".qdq.onnx") else "pruned INT8 integer")
+            files[variant] = each.path
+            checks[variant] = each.check.line().strip()
+            notes += [f"{cfg} {variant} file: {note}" for note in each.notes if note.startswith("onnxruntime runs")]
+            if not each.check.passed:
+                LOGGER.warning("%s %s: export check failed: %s", cfg, variant, each.check.line())
+    return ModelFiles(model=cfg, trained=bool(trained), files=files, checks=checks, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------------------- runners
+
+
+def _feed(path: Path, batch: int, imgsz: int) -> np.ndarray:
+    """Random pixels as the file takes them: uint8 0-255 (quantized graphs) or float32 in [0, 1]."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    uint8 = graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, 3, imgsz, imgsz), dtype=np.uint8)
+    return pixels if uint8 else pixels.astype(np.float32) / 255
+
+
+def onnxruntime_runner(path: Path, batch: int, imgsz: int, threads: int, spinning: bool = False) -> Callable:
+    import onnxruntime
+
+    from utils.inference import onnxruntime_options
+
+    session = onnxruntime.InferenceSession(str(path), onnxruntime_options(threads, spinning),
+                                           providers=["CPUExecutionProvider"])
+    name, feed = session.get_inputs()[0].name, _feed(path, batch, imgsz)
+    return lambda: session.run(None, {name: feed})
+
+
+def deepsparse_runner(path: Path, batch: int, imgsz: int, threads: int) -> tuple[Callable, float]:
+    """(runner, fraction of the graph DeepSparse compiles itself; the rest runs in its bundled onnxruntime)."""
+    from utils.inference import deepsparse_engine
+
+    engine = deepsparse_engine(path, (batch, 3, imgsz, imgsz), threads)
+    feed = [_feed(path, batch, imgsz)]
+    return (lambda: engine.run(feed)), float(engine.fraction_of_supported_ops)
+
+
+def time_interleaved(runners: dict[str, Callable], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each runner: warm-up, then ``runs`` rounds that call every runner once, in turn."""
+    for runner in runners.values():
+        for _ in range(warmup):
+            runner()
+    times: dict[str, list[float]] = {key: [] for key in runners}
+    for _ in range(runs):
+        for key, runner in runners.items():
+            start = time.perf_counter()
+            runner()
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _stats(times: list[float]) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2)}
+
+
+def _timed_onnxruntime_and_deepsparse(files: ModelFiles, batch: int, imgsz: int, runtimes: list[str], runs: int,
+                                      warmup: int, threads: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Milliseconds per call by "variant|runtime", and the fraction of each file DeepSparse compiles.
+
+    onnxruntime sessions are interleaved run by run, half of the runs before and half after the DeepSparse files.
+    DeepSparse engines are timed one at a time (created, warmed up, timed, freed), one thread pool alive at a time.
+    """
+    import gc
+
+    sessions = {f"{variant}|onnxruntime": onnxruntime_runner(path, batch, imgsz, threads)
+                for variant, path in files.files.items()}
+    first = max(runs // 2, 1)
+    times = time_interleaved(sessions, first, warmup)
+    compiled: dict[str, float] = {}
+    if "deepsparse" in runtimes:
+        for variant, path in files.files.items():
+            runner, compiled[variant] = deepsparse_runner(path, batch, imgsz, threads)
+            times.update(time_interleaved({f"{variant}|deepsparse": runner}, runs, warmup))
+            del runner
+            gc.collect()
+    for key, values in time_interleaved(sessions, runs - first, 0).items():
+        times[key] += values
+    return times, compiled
+
+
+def measure(files: ModelFiles, imgsz: int, runtimes: list[str], settings: Settings, threads: int) -> list[dict]:
+    """Latency (batch 1) and throughput (batch 8) of every variant in every runtime."""
+    large = files.model == "yolov5s" and imgsz >= 640
+    rows: dict[tuple[str, str], dict] = {}
+    for variant, path in files.files.items():
+        for runtime in runtimes:
+            rows[(variant, runtime)] = {"model": files.model, "imgsz": imgsz, "variant": variant, "runtime": runtime,
+                                        "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
+                                        else str(path)}
+    for batch, runs in ((1, settings.latency_runs_large if large else settings.latency_runs),
+                        (THROUGHPUT_BATCH, settings.throughput_runs)):
+        LOGGER.info("timing %s %d px batch %d: %d files in %s, %d runs", files.model, imgsz, batch,
+                    len(files.files), " and ".join(runtimes), runs)
+        times, compiled = _timed_onnxruntime_and_deepsparse(files, batch, imgsz, runtimes, runs, settings.warmup,
+                                                            threads)
+        for key, values in times.items():
+            variant, runtime = key.split("|")
+            row = rows[(variant, runtime)]
+            if batch == 1:
+                row.update(_stats(values), runs=len(values))
+            else:
+                row["throughput_ips"] = round(batch * 1e3 / statistics.median(values), 2)
+                row["throughput_runs"] = len(values)
+        for variant, fraction in compiled.items():
+            rows[(variant, "deepsparse")]["deepsparse_compiled"] = fraction
+    baseline = rows.get(("dense FP32", "onnxruntime"))
+    for row in rows.values():
+        if baseline:
+            row["speedup"] = round(baseline["median_ms"] / row["median_ms"], 2)
+            row["throughput_ratio"] = round(row["throughput_ips"] / baseline["throughput_ips"], 2)
+    return list(rows.values())
+
+
+def threads_study(files: ModelFiles, imgsz: int, runtimes: list[str], runs: int, warmup: int) -> list[dict]:
+    """onnxruntime threads and spinning, DeepSparse cores: dense FP32 and the runtime's best INT8 file, batch 1."""
+    import gc
+
+    cores = max(os.cpu_count() or 1, 1)
+    counts = sorted({1, cores})
+    sessions: dict[str, Callable] = {}
+    for variant in ("dense FP32", "pruned INT8 qdq"):
+        for threads in counts:
+            for spinning in (False, True):
+                sessions[f"{variant}|onnxruntime|{threads} threads, spinning {'on' if spinning else 'off'}"] = \
+                    onnxruntime_runner(files.files[variant], 1, imgsz, threads, spinning)
+    times = time_interleaved(sessions, runs, warmup)
+    if "deepsparse" in runtimes:
+        for variant in ("dense FP32", "pruned INT8 integer"):
+            for threads in counts:
+                key = f"{variant}|deepsparse|num_cores {threads}"
+                runner = deepsparse_runner(files.files[variant], 1, imgsz, threads)[0]
+                times.update(time_interleaved({key: runner}, runs, warmup))
+                del runner
+                gc.collect()
+    rows = []
+    for key, values in times.items():
+        variant, runtime, setting = key.split("|")
+        rows.append({"model": files.model, "imgsz": imgsz, "variant": variant, "runtime": runtime,
+                     "setting": setting, **_stats(values), "runs": runs})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------- accuracy
+
+
+def mean_average_precision(path: Path, imgsz: int, data: str) -> float:
+    """mAP@0.5:0.95 of an ONNX file on the built-in validation set, in onnxruntime.
+
+    One runtime suffices: the files are the same arithmetic in both (tests/test_deploy.py: DeepSparse and onnxruntime
+    agree on the integer file within 1e-4 px), and DeepSparse would compile an engine for every rectangular batch.
+    """
+    import val
+
+    metrics = val.run(data=data, weights=str(path), imgsz=imgsz, batch_size=16, runtime="onnxruntime", device="cpu",
+                      workers=2, project=ROOT / "runs" / "bench" / "val", name="runtime", exist_ok=True,
+                      plots=False)[0]
+    return float(metrics[3])
+
+
+# ------------------------------------------------------------------------------------------------------------- plot
+
+
+def plot_latency_vs_map(rows: list[dict], path: Path) -> Path:
+    """Batch-1 latency against mAP per variant and runtime (random-weight rows: latency bars, mAP n/a)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["imgsz"]) for r in rows})
+    figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), squeeze=False)
+    markers = {"onnxruntime": "o", "deepsparse": "s"}
+    colors = dict(zip(VARIANTS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    for axis, (model, imgsz) in zip(axes[0], groups):
+        selected = [r for r in rows if r["model"] == model and r["imgsz"] == imgsz]
+        with_map = [r for r in selected if r.get("map") is not None]
+        if with_map:
+            for r in with_map:
+                axis.scatter(r["median_ms"], r["map"], marker=markers.get(r["runtime"], "x"),
+                             color=colors.get(r["variant"], "k"), s=60, label=f"{r['variant']} ({r['runtime']})")
+            axis.set_xlabel("latency, batch 1, median (ms)")
+            axis.set_ylabel("mAP@0.5:0.95 (built-in val set)")
+            axis.legend(fontsize=7)
+        else:
+            labels = [f"{r['variant']}\n{r['runtime']}" for r in selected]
+            axis.barh(labels, [r["median_ms"] for r in selected],
+                      color=[colors.get(r["variant"], "k") for r in selected])
+            axis.set_xlabel("latency, batch 1, median (ms); mAP n/a (random weights)")
+            axis.tick_params(axis="y", labelsize=7)
+        axis.set_title(f"{model} {imgsz} px")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- section
+
+
+def installed_runtimes() -> dict[str, str]:
+    import importlib.util
+
+    import onnxruntime
+
+    versions = {"onnxruntime": onnxruntime.__version__}
+    if importlib.util.find_spec("deepsparse") is not None:
+        import deepsparse
+
+        versions["deepsparse"] = deepsparse.__version__
+    return versions
+
+
+def run_section(settings: Settings, bench_dir: Path) -> dict:
+    """Export, time, validate and plot; returns the results to store under ``results["runtime"]``."""
+    from utils.inference import cpu_cores
+
+    started = time.time()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    versions = installed_runtimes()
+    runtimes = list(versions)
+    threads = cpu_cores()
+    accuracy_dir = bench_dir / "accuracy"
+    rows: list[dict] = []
+    thread_rows: list[dict] = []
+    notes: list[str] = []
+    checks: dict[str, dict[str, str]] = {}
+    for cfg in settings.models:
+        files = export_model_files(cfg, bench_dir / "runtime" / cfg, settings, accuracy_dir)
+        notes += files.notes
+        checks[cfg] = files.checks
+        model_rows = []
+        for imgsz in settings.sizes:
+            model_rows += measure(files, imgsz, runtimes, settings, threads)
+        maps: dict[tuple[str, int], float] = {}
+        if files.trained and settings.accuracy:
+            for imgsz in settings.map_sizes:
+                for variant, path in files.files.items():
+                    maps[(variant, imgsz)] = mean_average_precision(path, imgsz, settings.data)
+        for row in model_rows:
+            row["map"] = maps.get((row["variant"], row["imgsz"]))
+            row["map_note"] = "" if row["map"] is not None else (
+                "n/a (random weights)" if not files.trained else "not measured at this size")
+        rows += model_rows
+        if settings.threads_study and cfg == settings.models[-1]:
+            thread_rows = threads_study(files, settings.sizes[0], runtimes, min(settings.latency_runs, 12),
+                                        settings.warmup)
+    plot = plot_latency_vs_map(rows, bench_dir / "latency_vs_map.png")
+    return {"rows": rows, "threads": thread_rows, "versions": versions, "threads_used": threads, "notes": notes,
+            "checks": checks, "plot": str(plot.relative_to(ROOT)) if plot.is_relative_to(ROOT) else str(plot),
+            "settings": asdict(settings), "minutes": round((time.time() - started) / 60, 1),
+            "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]}
+
+
+def markdown(section: dict) -> list[str]:
+    """The BENCHMARKS.md lines of the runtime section."""
+    rows = section["rows"]
+    s = section["settings"]
+    versions = ", ".join(f"{k} {v}" for k, v in section["versions"].items())
+    lines = ["## Deployment speed: ONNX runtimes on this CPU", "",
+             f"Runtimes: {versions}; {section['threads_used']} threads (onnxruntime intra-op threads = cores, "
+             f"inter-op 1, spinning off; DeepSparse num_cores = cores). Batch-1 latency: median and p90 of "
+             f"{s['latency_runs']} runs ({s['latency_runs_large']} for yolov5s at 640) after {s['warmup']} warm-up "
+             f"runs; throughput: batch {THROUGHPUT_BATCH}, median of {s['throughput_runs']} runs. The onnxruntime "
+             f"files of one model and size are interleaved run by run, half the runs before and half after the "
+             f"DeepSparse files, which are timed one engine at a time; 'vs ORT dense' is the ratio to onnxruntime "
+             f"dense FP32 of the same model and size in the same process. Section took {section['minutes']} min; "
+             f"1-minute load average {_load(section)} at start and end (other processes on the machine slow "
+             f"DeepSparse with num_cores = all cores far more than onnxruntime).", ""]
+    lines += [f"- {note}" for note in section["notes"]]
+    lines += ["", "| model | imgsz | variant | runtime | median ms | p90 ms | vs ORT dense | "
+              f"batch {THROUGHPUT_BATCH} images/s | vs ORT dense | mAP@0.5:0.95 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        runtime = r["runtime"]
+        if runtime == "deepsparse" and r.get("deepsparse_compiled", 1.0) < 0.5:
+            runtime += f" ({r['deepsparse_compiled']:.0%} compiled, rest in its bundled onnxruntime)"
+        accuracy = f"{r['map']:.3f}" if r.get("map") is not None else r.get("map_note", "n/a")
+        lines.append(f"| {r['model']} | {r['imgsz']} | {r['variant']} | {runtime} | {r['median_ms']:.1f} | "
+                     f"{r['p90_ms']:.1f} | {r.get('speedup', 0):.2f}x | {r.get('throughput_ips', 0):.1f} | "
+                     f"{r.get('throughput_ratio', 0):.2f}x | {accuracy} |")
+    lines.append("")
+    best = _best_lines(rows)
+    if best:
+        lines += ["Fastest file per model and size (batch 1):", "", *best, ""]
+    if section.get("threads"):
+        lines += ["Thread settings (batch 1, interleaved):", "", "| model | imgsz | variant | runtime | setting | "
+                  "median ms | p90 ms |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['imgsz']} | {r['variant']} | {r['runtime']} | {r['setting']} | "
+                  f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} |" for r in section["threads"]]
+        lines.append("")
+    lines += [f"Latency against mAP: `{section['plot']}`.", ""]
+    lines += ["### Findings", "", *_measured_findings(section), *ONE_OFF_FINDINGS, ""]
+    return lines
+
+
+# Experiments run once by hand on this machine (2026-11-27, 2-core Xeon with AVX-512 VNNI and AMX, shared with other
+# jobs: 1-minute load 2-5) and not repeated by this script. Ratios are from one process, interleaved.
+ONE_OFF_FINDINGS = [
+    "- One-off experiments (2026-11-27, this machine, not re-run by this script):",
+    "  - QDQ variants, yolov5s 640 random weights, onnxruntime: only the QAT quantizers (conv outputs float) 0.73x "
+    "ORT dense (no integer kernel is fused without a quantized conv output); + calibrated conv outputs 1.15x; + "
+    "sigmoid outputs 1.37x; + every float branch between quantized convs (shipped) 1.44x, all with spinning on. "
+    "Detect's 3 head convs stay float: their logits feed the box decode.",
+    "  - onnxruntime graph optimization level, yolov5s 640 (spinning on): ENABLE_ALL 248 ms QDQ / 293 ms dense; "
+    "EXTENDED 436 / 436; BASIC 982 / 490. The layout transforms of level ALL (NCHWc, NHWC for QLinearConv) matter.",
+    "  - onnxruntime intra-op spinning, yolov5s 640: dense 293 -> 199 ms and QDQ 248 -> 165 ms with spinning off on "
+    "this shared 2-core machine; hence `utils.inference.onnxruntime_options(spinning=False)`.",
+    "  - DeepSparse, yolov5s 320, num_cores 1 (num_cores 2 collapsed under the other jobs' load: 160-870 ms): dense "
+    "37.6 ms, pruned FP32 (unstructured) 37-45 ms, pruned INT8 unstructured 22.7 ms, pruned INT8 with block masks "
+    "`mask_type: [1, 4]` 20.6 ms; onnxruntime in the same process: dense 42.3 ms, QDQ 21.3 ms (2 threads). Sparse "
+    "FP32 gains nothing in DeepSparse here; sparse INT8 does, and [1, 4] blocks a little more (one-shot, random "
+    "weights: its accuracy cost is not measured, so the recipes keep unstructured masks).",
+    "  - `onnxruntime.quantization.quantize_static` (post-training QDQ) cannot run beside the onnx 1.14.1 that "
+    "sparseml pins (it needs ml_dtypes and onnx's INT4 type), so the QDQ file is converted from the QAT graph.",
+    "  - Not measured: per-layer sparsity sweeps (the recipes' 85% inner / 70% sensitive split is kept) and a CPU "
+    "without VNNI (the study in ../shared/research/engine.md measured that case: ConvInteger 0.96x, QDQ 1.29x, "
+    "DeepSparse pruned INT8 1.6x ORT dense).",
+]
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.2f}x" if len(values) == 1 or min(values) == max(values) else \
+        f"{min(values):.2f}-{max(values):.2f}x"
+
+
+def _measured_findings(section: dict) -> list[str]:
+    """Summary lines computed from this run's rows (batch-1 ratios to onnxruntime dense FP32)."""
+    rows = section["rows"]
+    lines = []
+    for runtime in section["versions"]:
+        parts = []
+        for variant in VARIANTS[1:]:
+            ratios = [r["speedup"] for r in rows if r["runtime"] == runtime and r["variant"] == variant
+                      and "speedup" in r]
+            if ratios:
+                parts.append(f"{variant} {_range(ratios)}")
+        if parts:
+            lines.append(f"- {runtime}, batch 1, over models and sizes: " + "; ".join(parts) + " of ORT dense FP32.")
+    study = section.get("threads") or []
+
+    def median(runtime: str, variant: str, setting: str) -> float | None:
+        found = [r["median_ms"] for r in study if r["runtime"] == runtime and r["variant"] == variant
+                 and r["setting"] == setting]
+        return found[0] if found else None
+
+    cores = section["threads_used"]
+    for variant in ("dense FP32", "pruned INT8 qdq"):
+        off = median("onnxruntime", variant, f"{cores} threads, spinning off")
+        on = median("onnxruntime", variant, f"{cores} threads, spinning on")
+        one = median("onnxruntime", variant, "1 threads, spinning off")
+        if off and on and one:
+            lines.append(f"- onnxruntime {variant}: {cores} threads spinning off {off:.1f} ms, on {on:.1f} ms; "
+                         f"1 thread {one:.1f} ms.")
+    for variant in ("dense FP32", "pruned INT8 integer"):
+        one, every = median("deepsparse", variant, "num_cores 1"), median("deepsparse", variant, f"num_cores {cores}")
+        if one and every:
+            lines.append(f"- DeepSparse {variant}: num_cores 1 {one:.1f} ms, num_cores {cores} {every:.1f} ms.")
+    return lines
+
+
+def _load(section: dict) -> str:
+    values = section.get("load_average") or []
+    return " / ".join(f"{v:.1f}" for v in values if v is not None) or "unknown"
+
+
+def _best_lines(rows: list[dict]) -> list[str]:
+    lines = []
+    for model, imgsz in sorted({(r["model"], r["imgsz"]) for r in rows}):
+        group = [r for r in rows if r["model"] == model and r["imgsz"] == imgsz and "speedup" in r]
+        if not group:
+            continue
+        best = max(group, key=lambda r: r["speedup"])
+        ort_int8 = [r for r in group if r["runtime"] == "onnxruntime" and "INT8" in r["variant"]]
+        best_ort = max(ort_int8, key=lambda r: r["speedup"]) if ort_int8 else None
+        runtime = best["runtime"] + (" (its bundled onnxruntime)" if best.get("deepsparse_compiled", 1) < 0.5 else "")
+        line = f"- {model} {imgsz}: {best['variant']} in {runtime}, {best['speedup']:.2f}x ORT dense FP32"
+        if best_ort:
+            line += f"; best onnxruntime INT8: {best_ort['variant']} {best_ort['speedup']:.2f}x"
+        lines.append(line)
+    return lines
