@@ -142,8 +142,10 @@ def resolve_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     """Options and checkpoint of the run to resume. Flags that would change the run are refused."""
     path = Path(opt.resume) if isinstance(opt.resume, str) else find_latest_run(Path(opt.project))
     checkpoint = load_checkpoint(path)
-    if checkpoint.get("final"):
+    if checkpoint.get("final") and checkpoint.get("optimizer") is None:
         raise TrainingError(f"{path} is from a finished run; nothing to resume. Start a new run with --weights {path}")
+    if checkpoint.get("final"):  # finish_run strips last.pt last: the run stopped after its final epoch
+        LOGGER.info("%s: all epochs done, the end of the run was interrupted; finishing it", path)
     saved = argparse.Namespace(**checkpoint["options"])
     if opt.sparsification_recipe and opt.sparsification_recipe != saved.sparsification_recipe:
         raise TrainingError(f"--resume with a different recipe ({opt.sparsification_recipe}) than the run used "
@@ -594,8 +596,9 @@ def finish_run(save_dir: Path, data: dict, opt: argparse.Namespace, compute_loss
     from utils.weights import load_weights
 
     weights_dir = save_dir / "weights"
+    last = weights_dir / "last.pt"
     for path in sorted(weights_dir.glob("*.pt")):
-        if not path.name.startswith("epoch"):  # --save-period snapshots keep their state for resuming from them
+        if not path.name.startswith("epoch") and path != last:  # --save-period snapshots keep their state
             strip_optimizer(path)
     outputs: dict = {"weights": [str(p) for p in sorted(weights_dir.glob("*.pt"))]}
     best = weights_dir / "best.pt"
@@ -613,6 +616,8 @@ def finish_run(save_dir: Path, data: dict, opt: argparse.Namespace, compute_loss
         from utils.plots import plot_results
 
         plot_results(save_dir / "results.csv")
+    if last.exists():  # last of all: until then a final last.pt with its optimizer lets --resume finish the run
+        strip_optimizer(last)
     LOGGER.info("results saved to %s", save_dir)
     return outputs
 

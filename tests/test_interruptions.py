@@ -1,9 +1,9 @@
 """Interruptions and faults lose nothing.
 
 A pruning + QAT run (recipes/demo.yaml scaled to 4 epochs) is killed with SIGKILL during a training step, during
-validation, during a checkpoint write and at a random moment, resumed with ``--resume`` each time, and must end with
-the same masks, sparsity, epoch count and weights as an uninterrupted run with the same seed. After every kill
-``weights/last.pt`` loads. A non-finite loss, weights that became non-finite, and a checkpoint write that fails
+validation, at a random moment, during a checkpoint write and while finishing (after the last epoch), resumed with
+``--resume`` each time, and must end with the same masks, sparsity, epoch count and weights as an uninterrupted run
+with the same seed. After every kill ``weights/last.pt`` loads. A non-finite loss, weights that became non-finite, and a checkpoint write that fails
 (permission denied, disk full) stop the run with a message and leave the last good checkpoint on disk.
 
 Kill points come from a launcher (``LAUNCHER``) that runs train.py unchanged after wrapping one function for that
@@ -163,20 +163,22 @@ def test_killed_run_resumes_to_the_same_masks_sparsity_epochs_and_weights(datase
 
     weights = tmp_path / "killed" / "weights"
     resume = ["--resume", str(weights / "last.pt"), "--workers", "0"]
-    # (kill point, epoch of last.pt after the kill). One optimizer step per epoch, one validation batch per epoch.
-    run_and_kill(_sparse_run(dataset, tmp_path, "killed"), "step:2")  # training step of epoch 1
+    # One optimizer step and one validation batch per epoch; a resumed run counts its own calls from 1.
+    run_and_kill(_sparse_run(dataset, tmp_path, "killed"), "step:2")  # the training step of epoch 1
     assert _last_epoch(weights) == 0
-    run_and_kill(resume, "val:2")  # validation of epoch 2 (the resumed run validates epoch 1 first)
+    _, seconds = run_and_kill(resume, "val:2")  # validation of epoch 2 (the resumed run validates epoch 1 first)
     assert _last_epoch(weights) == 1
-    _, seconds = run_and_kill(resume, "save:3")  # writing last.pt of the final epoch 3
+    # A moment nobody chose (start-up, restore, a step, validation, a write): a random share of the time the last
+    # resume ran, so it lands inside this resume (from epoch 1, with more to do) on a fast or a slow machine.
+    run_and_kill(resume, after_seconds=random.Random(0).uniform(0.2, 0.8) * seconds)
+    assert _last_epoch(weights) in (1, 2)
+    run_and_kill(resume, "save:3")  # inside the write of the final epoch's last.pt
     assert _last_epoch(weights) == 2
     assert list(weights.glob(".last.pt.*.tmp")), "the kill did not land inside the checkpoint write"
-    # A moment nobody chose (start-up, restore, the step, validation, a write, the final report): a random share of
-    # the time the same resume took to reach the final write, so it lands inside the run on a fast or slow machine.
-    killed, _ = run_and_kill(resume, after_seconds=random.Random(0).uniform(0.2, 1.0) * seconds)
-    assert _last_epoch(weights) in (2, 3)
-    if killed and not load_checkpoint(weights / "last.pt")["final"]:
-        run_to_the_end(resume)
+    run_and_kill(resume, "val:2")  # the end of the run: validating best.pt after epoch 3's validation
+    last = load_checkpoint(weights / "last.pt")
+    assert last["epoch"] == 3 and last["final"] and last["optimizer"] is not None  # all epochs done, end unfinished
+    run_to_the_end(resume)  # only finishes the run: strips the optimizers, validates, reports
 
     expected = load_checkpoint(straight / "weights" / "last.pt")
     got = load_checkpoint(weights / "last.pt")
@@ -195,6 +197,7 @@ def test_killed_run_resumes_to_the_same_masks_sparsity_epochs_and_weights(datase
     assert len(killed_rows) == len(straight_rows) == 5  # header + epochs 0-3, no repeated epoch
     assert killed_rows == straight_rows
     assert not list(weights.glob(".*.tmp"))  # the interrupted write's temporary file was cleaned up on resume
+    assert got["optimizer"] is None and (weights.parent / "sparsity.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ faults, in process
