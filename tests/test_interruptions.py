@@ -4,7 +4,8 @@ A pruning + QAT run (recipes/demo.yaml scaled to 4 epochs) is killed with SIGKIL
 validation, at a random moment, during a checkpoint write and while finishing (after the last epoch), resumed with
 ``--resume`` each time, and must end with the same masks, sparsity, epoch count and weights as an uninterrupted run
 with the same seed. After every kill ``weights/last.pt`` loads. A non-finite loss, weights that became non-finite,
-and a checkpoint write that fails (permission denied, disk full) stop the run with a message and leave the last good checkpoint on disk.
+and a checkpoint write that fails (permission denied, disk full) stop the run with a message and leave the last
+good checkpoint on disk.
 
 Kill points come from a launcher (``LAUNCHER``) that runs train.py unchanged after wrapping one function for that
 process only: the wrapper prints a marker when the chosen call happens and waits there, so the SIGKILL that follows
