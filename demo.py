@@ -26,9 +26,9 @@ def step(title: str, args: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=None, help="scale the demo recipe (6 epochs) to this many")
+    parser.add_argument("--epochs", type=int, default=4, help="scale the demo recipe (6 epochs) to this many")
     parser.add_argument("--data", default="data/shapes_small.yaml", help="dataset YAML (data/shapes.yaml: full)")
-    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--imgsz", type=int, default=224)
     parser.add_argument("--name", default="demo")
     opt = parser.parse_args()
 
