@@ -8,6 +8,7 @@ need no backend-specific code.
 
 from __future__ import annotations
 
+import abc
 import ast
 import importlib.util
 import logging
@@ -27,7 +28,7 @@ _ORT_TYPES = {"tensor(uint8)": torch.uint8, "tensor(float)": torch.float32, "ten
 _ONNX_ELEM_TYPES = {2: torch.uint8, 1: torch.float32, 10: torch.float16}
 
 
-class Backend:
+class Backend(abc.ABC):
     """A loaded model: call it on a batch, read ``stride``, ``names``, ``imgsz``, ``is_quantized``, ``runtime``."""
 
     runtime = "none"
@@ -70,8 +71,9 @@ class Backend:
             return images.to(self.input_dtype) / 255
         return images.to(self.input_dtype)
 
+    @abc.abstractmethod
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Run one batch the runtime accepts as it is."""
 
     def _forward_in_fixed_batches(self, inputs: torch.Tensor) -> torch.Tensor:
         # A static graph runs exactly batch_size images: split the batch and pad the last chunk.
