@@ -26,7 +26,7 @@ def step(title: str, args: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=4, help="scale the demo recipe (6 epochs) to this many")
+    parser.add_argument("--epochs", type=int, default=10, help="scale the demo recipe (10 epochs) to this many")
     parser.add_argument("--data", default="data/shapes_small.yaml", help="dataset YAML (data/shapes.yaml: full)")
     parser.add_argument("--imgsz", type=int, default=224)
     parser.add_argument("--name", default="demo")
@@ -37,6 +37,7 @@ def main() -> None:
     step("train yolov5n on the built-in shapes data with the demo recipe (pruning, then quantization-aware training)",
          ["train.py", "--data", opt.data, "--cfg", "yolov5n.yaml", "--weights", "", "--imgsz",
           str(opt.imgsz), "--batch-size", "32", "--workers", "2", "--name", opt.name, "--exist-ok",
+          "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml",
           "--sparsification-recipe", "recipes/demo.yaml", *recipe_args])
     weights = run_dir / "weights" / "last.pt"
     step("validate the final (pruned + quantized) checkpoint",

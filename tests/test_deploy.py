@@ -96,7 +96,8 @@ def test_qdq_file_keeps_pruned_zeros_and_matches_torch(exported: export.ExportRe
     qdq = exported.others[0]
     print(qdq.check.line(), *qdq.notes, sep="\n")  # pytest -s shows the observed differences
     assert qdq.check.passed, qdq.check.line()
-    assert (qdq.check.box_atol, qdq.check.box_rtol, qdq.check.score_tolerance) == export.TOLERANCES["quantized"]
+    assert (qdq.check.box_atol, qdq.check.box_rtol, qdq.check.score_tolerance,
+            qdq.check.box_confidence) == export.TOLERANCES["quantized"]
     # every weight pruned in torch is an int8 0 in the file (symmetric weights: zero point 0)
     assert qdq.check.zeros_kept and qdq.check.model_zeros > 0.7 * qdq.summary.conv_weight_elements
     assert qdq.summary.conv_weight_zeros == exported.summary.conv_weight_zeros  # same codes as the integer file
@@ -112,7 +113,7 @@ def test_deepsparse_runs_the_integer_file_like_onnxruntime(exported: export.Expo
     assert sparse.runtime == "deepsparse" and sparse.is_quantized and sparse.input_dtype == torch.uint8
     ours, theirs = sparse(images), reference(images)
     assert ours.shape == theirs.shape == (2, 3 * (8 * 8 + 4 * 4 + 2 * 2), 11)
-    box_atol, box_rtol, score_tolerance = export.TOLERANCES["quantized"]
+    box_atol, box_rtol, score_tolerance, _ = export.TOLERANCES["quantized"]
     difference = (ours - theirs).abs()
     print(f"deepsparse vs onnxruntime: boxes {float(difference[..., :4].max()):.3g} px, "
           f"scores {float(difference[..., 4:].max()):.3g}")

@@ -59,6 +59,38 @@ def prune_by_magnitude(model: torch.nn.Module, fraction: float = 0.8) -> list[st
     return pruned
 
 
+def predictions(boxes_and_scores: list[tuple[list[float], float, int]], nc: int = 3) -> torch.Tensor:
+    """A decoded output (1, N, 5 + nc) with one anchor per (xywh, confidence, class)."""
+    output = torch.zeros(1, len(boxes_and_scores), 5 + nc)
+    for i, (box, confidence, cls) in enumerate(boxes_and_scores):
+        output[0, i, :4] = torch.tensor(box)
+        output[0, i, 4] = 1.0
+        output[0, i, 5 + cls] = confidence
+    return output
+
+
+def test_detections_match_when_class_and_overlap_agree() -> None:
+    torch_output = predictions([([50, 50, 20, 20], 0.9, 0), ([150, 150, 40, 40], 0.6, 2), ([10, 10, 5, 5], 0.1, 1)])
+    same = predictions([([51, 50, 20, 21], 0.88, 0), ([150, 152, 40, 40], 0.24, 2), ([90, 10, 5, 5], 0.01, 1)])
+    # the second detection fell just under 0.25 but within the score tolerance: still found; the third was never one
+    assert export.match_detections(torch_output, same, score_tolerance=0.02) == (2, 2)
+    wrong_class = predictions([([50, 50, 20, 20], 0.9, 1), ([150, 150, 40, 40], 0.6, 2)])
+    moved = predictions([([50, 50, 20, 20], 0.9, 0), ([180, 150, 40, 40], 0.6, 2)])
+    lost = predictions([([50, 50, 20, 20], 0.9, 0), ([150, 150, 40, 40], 0.2, 2)])
+    for other in (wrong_class, moved, lost):
+        assert export.match_detections(torch_output, other, score_tolerance=0.02) == (2, 1)
+
+
+def test_check_verdict_needs_every_part() -> None:
+    good = export.OnnxCheck(sample="s", box_diff=0.5, box_allowance_used=0.5, score_diff=0.01, box_atol=1.0,
+                            box_rtol=0.02, score_tolerance=0.02, model_zeros=10, file_zeros=12, box_confidence=0.1,
+                            boxes_compared=4, detections=10, detections_matched=9)
+    assert good.passed and "4 anchors at confidence >= 0.1" in good.line() and "9/10 matched" in good.line()
+    for change in ({"box_allowance_used": 1.2}, {"score_diff": 0.03}, {"file_zeros": 9}, {"detections_matched": 8}):
+        bad = export.OnnxCheck(**{**good.__dict__, **change})
+        assert not bad.passed and bad.line().endswith("FAILED")
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return save_project_checkpoint(tiny_model(), tmp_path_factory.mktemp("weights") / "last.pt")
@@ -151,6 +183,7 @@ def test_cli_exports_with_a_real_image_from_data(checkpoint: Path, shapes_datase
     (["--include", "tflite"], "unsupported --include tflite"),
     (["--half", "--device", "cpu"], "--half needs a CUDA device"),
     (["--one-shot", str(ROOT / "recipes" / "yolov5n.quant.yaml")], "needs --data for calibration"),
+    (["--recipe-args", '{"mask_type": [1, 4]}'], "pass --one-shot RECIPE too"),
 ])
 def test_bad_requests_fail_with_one_clear_line(checkpoint: Path, capsys, arguments: list[str], message: str) -> None:
     argv = (["--weights", str(checkpoint)] if "--weights" not in arguments else []) + arguments
@@ -220,6 +253,26 @@ def test_one_shot_pruning_only_keeps_a_float_graph(conditioned_checkpoint: Path,
     assert not report.quantized and report.check.passed, report.check.line()
     assert report.summary.input_dtype == "float32" and report.summary.ops["Conv"] == 60
     assert 0.75 < report.summary.sparsity < 0.9
+
+
+def test_one_shot_recipe_args_give_four_blocks_in_the_file(conditioned_checkpoint: Path, tmp_path: Path) -> None:
+    """export.py --one-shot R --recipe-args '{"mask_type": [1, 4]}': the file's conv weights are zero in blocks."""
+    weights = tmp_path / "block4.pt"
+    weights.write_bytes(conditioned_checkpoint.read_bytes())
+    report = export.export_onnx(weights, imgsz=64, one_shot=str(ROOT / "recipes" / "yolov5n.pruned.yaml"),
+                                device="cpu", recipe_args='{"mask_type": [1, 4]}')
+    assert report.check.passed, report.check.line()
+    graph = onnx.load(str(report.path)).graph
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    sparse_convs = 0
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "Conv" else None
+        if weight is None or weight.shape[1] % 4 or (weight == 0).mean() < 0.5:
+            continue  # the stem (3 input channels) and the dense head
+        zeros = (weight == 0).reshape(weight.shape[0], weight.shape[1] // 4, 4, *weight.shape[2:])
+        assert (zeros.all(axis=2) == zeros.any(axis=2)).all(), node.name
+        sparse_convs += 1
+    assert sparse_convs >= 50 and 0.75 < report.summary.sparsity < 0.9
 
 
 def test_one_shot_quantization_needs_data(conditioned_checkpoint: Path) -> None:

@@ -208,3 +208,24 @@ def test_quantization_modifier_applies_to_yolov5n(recipe: str, manager_class, qu
     with torch.no_grad():
         prediction = model(torch.rand(1, 3, 64, 64))[0]
     assert prediction.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 85)
+
+
+@pytest.mark.parametrize("recipe", ["yolov5n.pruned.yaml", "yolov5n.pruned_quant.yaml"])
+def test_mask_type_variable_prunes_blocks_of_four_input_channels(recipe: str, manager_class, quiet) -> None:
+    """--recipe-args '{"mask_type": [1, 4]}' zeroes 4 consecutive input channels together; the default does not."""
+    from utils.sparsification.manager import load_recipe
+
+    def zero_blocks(mask_type: list | None) -> torch.Tensor:
+        model = DetectionModel("yolov5n.yaml")
+        manager = load_recipe(str(RECIPES_DIR / recipe), {"mask_type": mask_type} if mask_type else None)[0]
+        manager_class(_pruning(manager)).apply(model, loggers=quiet)
+        weight = model.model[6].m[0].cv2.conv.weight  # an inner (P4) 3x3 conv
+        out_channels, in_channels, height, width = weight.shape
+        return (weight == 0).reshape(out_channels, in_channels // 4, 4, height, width)
+
+    blocks = zero_blocks([1, 4])
+    assert (blocks.all(dim=2) == blocks.any(dim=2)).all()  # each block of 4 is all zero or all kept
+    assert blocks.float().mean() == pytest.approx(0.85, abs=0.01)  # the inner layers' final sparsity
+    unstructured = zero_blocks(None)
+    assert (unstructured.all(dim=2) != unstructured.any(dim=2)).any()
+    assert unstructured.float().mean() == pytest.approx(0.85, abs=0.01)

@@ -34,7 +34,8 @@ LOGGER = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data/shapes.yaml"
-VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq")
+VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq", "pruned 4-block INT8 integer")
+BLOCK4 = '{"mask_type": [1, 4]}'  # recipe variables of the 4-block variant (pruning in blocks of 4 input channels)
 THROUGHPUT_BATCH = 8
 
 
@@ -113,7 +114,9 @@ def trained_checkpoints(accuracy_dir: Path) -> dict[str, Path] | None:
     if not (dense.is_file() and quantized.is_file()):
         return None
     pruned = accuracy_dir / "pruned_quant" / "weights" / "best_pruned.pt"
-    return {"dense": dense, "pruned": pruned if pruned.is_file() else None, "quantized": quantized}
+    block4 = accuracy_dir / "pruned_quant_block4" / "weights" / "last.pt"
+    return {"dense": dense, "pruned": pruned if pruned.is_file() else None, "quantized": quantized,
+            "block4": block4 if block4.is_file() else None}
 
 
 def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir: Path | None) -> ModelFiles:
@@ -124,31 +127,37 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir:
     trained = trained_checkpoints(accuracy_dir) if cfg == "yolov5n" and accuracy_dir is not None else None
     calibration_size = 320
     notes = []
+    pruned_quant = f"recipes/{cfg}.pruned_quant.yaml"
     if trained:
-        sources = {"dense": (trained["dense"], None),
-                   "pruned": (trained["pruned"], None) if trained["pruned"]
-                   else (trained["dense"], f"recipes/{cfg}.pruned.yaml"),
-                   "quantized": (trained["quantized"], None)}
+        sources = {"dense": (trained["dense"], None, None),
+                   "pruned": (trained["pruned"], None, None) if trained["pruned"]
+                   else (trained["dense"], f"recipes/{cfg}.pruned.yaml", None),
+                   "quantized": (trained["quantized"], None, None),
+                   "block4": (trained["block4"], None, None) if trained["block4"]
+                   else (trained["dense"], pruned_quant, BLOCK4)}
         notes.append(f"{cfg}: trained weights of {accuracy_dir} (pruned FP32: "
                      + ("the recipe run's best_pruned.pt" if trained["pruned"] else "one-shot pruning of dense")
-                     + ")")
+                     + "; 4-block: " + ("the mask_type [1, 4] recipe run" if trained["block4"]
+                                        else "one-shot of dense, post-training quantization") + ")")
     else:
         dense = _random_checkpoint(cfg, folder, calibration_size)
-        sources = {"dense": (dense, None), "pruned": (dense, f"recipes/{cfg}.pruned.yaml"),
-                   "quantized": (dense, f"recipes/{cfg}.pruned_quant.yaml")}
+        sources = {"dense": (dense, None, None), "pruned": (dense, f"recipes/{cfg}.pruned.yaml", None),
+                   "quantized": (dense, pruned_quant, None), "block4": (dense, pruned_quant, BLOCK4)}
         notes.append(f"{cfg}: random weights (80 classes), one-shot {cfg}.pruned.yaml / {cfg}.pruned_quant.yaml "
-                     f"(post-training calibration on {settings.calib_images} images)")
+                     f"(4-block: the same with --recipe-args '{BLOCK4}'; post-training calibration on "
+                     f"{settings.calib_images} images)")
     files: dict[str, Path] = {}
     checks: dict[str, str] = {}
-    for name, (weights, recipe) in sources.items():
+    for name, (weights, recipe, recipe_args) in sources.items():
         target = folder / f"{name}.pt"
         shutil.copyfile(weights, target)
         started = time.time()
         report = export.export_onnx(target, imgsz=calibration_size, dynamic=True, one_shot=recipe, data=DATA,
-                                    calib_data=settings.calib_images, device="cpu", int8_format="both")
+                                    calib_data=settings.calib_images, device="cpu",
+                                    int8_format="integer" if name == "block4" else "both", recipe_args=recipe_args)
         LOGGER.info("exported %s %s in %.0fs", cfg, name, time.time() - started)
         for each in (report, *report.others):
-            variant = {"dense": "dense FP32", "pruned": "pruned FP32"}.get(
+            variant = {"dense": "dense FP32", "pruned": "pruned FP32", "block4": "pruned 4-block INT8 integer"}.get(
                 name, "pruned INT8 qdq" if each.path.name.endswith(".qdq.onnx") else "pruned INT8 integer")
             files[variant] = each.path
             checks[variant] = each.check.line().strip()
@@ -326,7 +335,7 @@ def plot_latency_vs_map(rows: list[dict], path: Path) -> Path:
     groups = sorted({(r["model"], r["imgsz"]) for r in rows})
     figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), squeeze=False)
     markers = {"onnxruntime": "o", "deepsparse": "s"}
-    colors = dict(zip(VARIANTS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    colors = dict(zip(VARIANTS, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")))
     for axis, (model, imgsz) in zip(axes[0], groups):
         selected = [r for r in rows if r["model"] == model and r["imgsz"] == imgsz]
         with_map = [r for r in selected if r.get("map") is not None]
