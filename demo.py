@@ -47,8 +47,9 @@ def main() -> None:
          ["export.py", "--weights", str(weights), "--imgsz", str(opt.imgsz), "--data", opt.data])
     onnx_file = weights.with_suffix(".onnx")
     images = f"datasets/{Path(opt.data).stem}/images/val/*000[0-3].jpg"
-    step("run detection with the exported file in onnxruntime",
-         ["detect.py", "--weights", str(onnx_file), "--source", images,
+    # minutes of CPU training make a weak detector: a low confidence threshold shows what it finds
+    step("run detection with the exported file in onnxruntime (confidence >= 0.1)",
+         ["detect.py", "--weights", str(onnx_file), "--source", images, "--conf-thres", "0.1",
           "--imgsz", str(opt.imgsz), "--name", opt.name, "--exist-ok", "--runtime", "onnxruntime"])
     print("\nOutputs:")
     print(f"  training run, curves, sparsity report: {run_dir}")

@@ -68,14 +68,14 @@ def run(weights: str | Path = "yolov5s.pt", source: str | Path = "data/images", 
         save_txt: bool = False, save_conf: bool = False, nosave: bool = False, classes: list[int] | None = None,
         agnostic_nms: bool = False, project: str | Path = "runs/detect", name: str = "exp", exist_ok: bool = False,
         line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False,
-        runtime: str | None = None) -> Path:
+        runtime: str | None = None, threads: int | None = None) -> Path:
     """Detect objects in every image of ``source``; returns the folder the results were written to."""
     from utils.boxes import non_max_suppression, scale_boxes
     from utils.inference import list_images, load_backend, load_letterboxed
     from utils.runs import increment_path
 
     files = list_images(source)
-    backend = load_backend(weights, device=device, runtime=runtime)
+    backend = load_backend(weights, device=device, runtime=runtime, threads=threads)
     size = _image_size(imgsz)
     if backend.imgsz is not None and tuple(backend.imgsz) != size:
         LOGGER.info("%s has a fixed input of %s; using it instead of --imgsz %s", weights, backend.imgsz, size)
@@ -143,7 +143,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hide-conf", action="store_true", help="hide confidences")
     parser.add_argument("--runtime", choices=("onnxruntime", "deepsparse"), default=None,
                         help="runtime for .onnx weights (default: deepsparse if installed, else onnxruntime)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="for .onnx: onnxruntime intra-op threads / DeepSparse cores (default: every core; "
+                             "use fewer on a machine other jobs share)")
     opt = parser.parse_args(argv)
+    if opt.threads is not None and opt.threads < 1:
+        parser.error("--threads must be at least 1")
     if not Path(opt.weights).is_file():
         parser.error(f"--weights {opt.weights} not found")
     if Path(opt.weights).suffix.lower() not in (".pt", ".onnx"):

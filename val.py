@@ -52,7 +52,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
     parser.add_argument("--runtime", default=None, choices=["onnxruntime", "deepsparse"], help="runtime for .onnx")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="for .onnx: onnxruntime intra-op threads / DeepSparse cores (default: every core; "
+                             "use fewer on a machine other jobs share)")
     opt = parser.parse_args(argv)
+    if opt.threads is not None and opt.threads < 1:
+        parser.error("--threads must be at least 1")
     return opt
 
 
@@ -80,7 +85,8 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
         workers: int = 8, single_cls: bool = False, verbose: bool = False, save_txt: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs" / "val",
         name: str = "exp", exist_ok: bool = False, half: bool = False, model=None, dataloader=None,
-        save_dir: Path = Path(""), plots: bool = True, compute_loss=None, runtime: str | None = None):
+        save_dir: Path = Path(""), plots: bool = True, compute_loss=None, runtime: str | None = None,
+        threads: int | None = None):
     """Returns ``((P, R, mAP@0.5, mAP@0.5:0.95, box_loss, obj_loss, cls_loss), per-class mAP, speeds_ms)``."""
     from utils.dataset_config import check_dataset
 
@@ -100,7 +106,7 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
         device = select_device(device)
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-        model = load_backend(weights, device=device, runtime=runtime)
+        model = load_backend(weights, device=device, runtime=runtime, threads=threads)
         stride = int(model.stride)
         names = dict(enumerate(model.names)) if model.names else {i: str(i) for i in range(int(data["nc"]))}
         if getattr(model, "imgsz", None) and model.imgsz[0] != imgsz:

@@ -84,13 +84,30 @@ def test_onnx_weights_give_the_same_labels_as_pt(weights: Path, images: Path, tm
     from_pt = detect.run(weights=weights, source=images, imgsz=128, save_txt=True, save_conf=True, nosave=True,
                          project=runs, name="pt")
     from_onnx = detect.run(weights=onnx_file, source=str(images / "*.jpg"), imgsz=128, save_txt=True,
-                           save_conf=True, project=runs, name="onnx", runtime="onnxruntime")
+                           save_conf=True, project=runs, name="onnx", runtime="onnxruntime", threads=1)
     # the static ONNX graph letterboxes to exactly 128x128 and the .pt run pads only to the stride, so compare
     # the number of images and the class, not the exact boxes
     pt_labels, onnx_labels = read_labels(from_pt / "labels"), read_labels(from_onnx / "labels")
     assert sorted(pt_labels) == sorted(onnx_labels)
     assert all(set(rows[:, 0].astype(int)) == {0} for rows in onnx_labels.values())
     assert len(list(from_onnx.glob("*.jpg"))) == 3
+
+
+def test_threads_flag_sets_the_onnxruntime_threads(weights: Path, images: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils import inference
+
+    onnx_file = export.export_onnx(weights, imgsz=64, device="cpu").path
+    seen: list[int | None] = []
+    original = inference.onnxruntime_options
+    monkeypatch.setattr(inference, "onnxruntime_options", lambda threads=None, spinning=False: (
+        seen.append(threads), original(threads, spinning))[1])
+    opt = detect.parse_opt(["--weights", str(onnx_file), "--source", str(images / "photo0.jpg"), "--imgsz", "64",
+                            "--project", str(tmp_path), "--runtime", "onnxruntime", "--threads", "1"])
+    detect.main(opt)
+    assert seen == [1]
+    with pytest.raises(SystemExit):
+        detect.parse_opt(["--weights", str(onnx_file), "--source", str(images), "--threads", "0"])
 
 
 def test_cli_prints_detections_and_speed(weights: Path, images: Path, tmp_path: Path, capsys) -> None:
