@@ -525,6 +525,11 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
         if not weights_finite(bare) or (ema is not None and not weights_finite(ema.ema)):
             raise TrainingError(f"non-finite weights after epoch {epoch}; stopping before they are saved, the last "
                                 f"good checkpoint stays in {save_dir / 'weights'}. Lower the learning rate (--hyp).")
+        reached = sparsifier.phase_reached(epoch)
+        if reached != state.phase:  # e.g. QAT starts after this epoch's last optimizer step (few steps per epoch)
+            LOGGER.info("recipe: epoch %d ends in phase %s (%s begins at a later step)", epoch, reached, state.phase)
+            state.phase = reached
+            state.best_fitness = state.phase_best_fitness.get(reached, 0.0)
         learning_rates = [group["lr"] for group in optimizer.param_groups]
         if scheduler is not None:
             scheduler.step()

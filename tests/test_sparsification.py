@@ -462,6 +462,20 @@ def test_qat_starting_mid_epoch_turns_ema_and_amp_off_for_that_whole_epoch():
     assert [sparsifier.phase_for(e) for e in (6, 7, 8)] == ["pruned", "pruned_quantized", "pruned_quantized"]
 
 
+def test_qat_starting_after_an_epochs_last_step_does_not_label_that_epoch_quantized():
+    """2 steps per epoch (at 7.0 and 7.5): QAT at 7.75 is applied only at epoch 8's start, so epoch 7 ends float."""
+    sparsifier = create_sparsifier(SCALABLE, {"qat_start_epoch": 7.75})
+    model = new_model()
+    sparsifier.model_built(model, None)
+    run = train(sparsifier, model, stop_after=8)
+    assert sparsifier.phase_for(7) == "pruned_quantized"  # what the schedule alone says (EMA/AMP go off early)
+    assert run.epochs[7]["fake_quantizers"] == 0
+    assert run.checkpoints[7]["sparsification"]["phase"] == "pruned"
+    assert not run.checkpoints[7]["sparsification"]["is_quantized"]
+    assert run.epochs[8]["fake_quantizers"] > 0 and sparsifier.phase_reached(8) == "pruned_quantized"
+    assert run.checkpoints[8]["sparsification"]["phase"] == "pruned_quantized"
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_project_recipes_fit_yolov5n(path):
     sparsifier = create_sparsifier(str(path))

@@ -475,8 +475,19 @@ ONE_OFF_FINDINGS = [
     "  - DeepSparse, yolov5s 320, num_cores 1 (num_cores 2 collapsed under the other jobs' load: 160-870 ms): dense "
     "37.6 ms, pruned FP32 (unstructured) 37-45 ms, pruned INT8 unstructured 22.7 ms, pruned INT8 with block masks "
     "`mask_type: [1, 4]` 20.6 ms; onnxruntime in the same process: dense 42.3 ms, QDQ 21.3 ms (2 threads). Sparse "
-    "FP32 gains nothing in DeepSparse here; sparse INT8 does, and [1, 4] blocks a little more (one-shot, random "
-    "weights: its accuracy cost is not measured, so the recipes keep unstructured masks).",
+    "FP32 gains nothing in DeepSparse here; sparse INT8 does, and [1, 4] blocks a little more.",
+    "- One-off experiments (2026-11-28, this machine idle: 1-minute load < 1), yolov5s random weights, one-shot "
+    "recipes, batch 1, one process each:",
+    "  - 640 px: onnxruntime dense FP32 85.1 ms, QDQ pruned INT8 51.5 ms (1.65x); DeepSparse num_cores 2: dense 82.4 "
+    "ms, pruned FP32 81.1 ms, pruned INT8 (unstructured, 81%) 39.5 ms (2.15x); num_cores 1: 153 / 131 / 60.9 ms. "
+    "320 px: onnxruntime dense 24.4 ms, QDQ 15.1 ms; DeepSparse pruned INT8 12.2 ms (2.0x), num_cores 1 26.3 ms. On an "
+    "idle machine DeepSparse with every core is the fastest; under load it collapses (above), hence `--threads`.",
+    "  - Block masks, 640 px, DeepSparse num_cores 2: pruned INT8 with `mask_type: [1, 4]` at the recipe's sparsities "
+    "(81% of conv weights) 35.5 ms = 2.94x the onnxruntime dense run of that process (104 ms there: the absolute "
+    "timings of separate processes drift by 20%); raising the sparsities to 90% inner / 80% sensitive (86% of conv "
+    "weights) 36.1 ms, no faster: on 2 cores the dense stem, the float SiLU/Sigmoid and the head bound the latency, "
+    "not the pruned convolutions. The recipes take `--recipe-args '{\"mask_type\": [1, 4]}'`; the table above "
+    "times the 4-block file in the same process as the others.",
     "  - `onnxruntime.quantization.quantize_static` (post-training QDQ) cannot run beside the onnx 1.14.1 that "
     "sparseml pins (it needs ml_dtypes and onnx's INT4 type), so the QDQ file is converted from the QAT graph.",
     "  - Not measured: per-layer sparsity sweeps (the recipes' 85% inner / 70% sensitive split is kept) and a CPU "

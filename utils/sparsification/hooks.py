@@ -60,6 +60,10 @@ class Sparsifier:
     def epoch_start(self, epoch: int) -> EpochDirectives:
         return EpochDirectives()
 
+    def phase_reached(self, epoch: int) -> str:
+        """The phase the model is really in after ``epoch``'s steps (labels results.csv and best_<phase>.pt)."""
+        return "dense"
+
     def skipped_step(self) -> None:
         """A batch ended without an optimizer step (gradient accumulation): keep the recipe's step count aligned."""
 

@@ -804,6 +804,18 @@ class RecipeSparsifier(Sparsifier):
         return EpochDirectives(phase=phase, phase_changed=phase != previous, disable_ema=quantized,
                                disable_amp=quantized, notes=notes)
 
+    def phase_reached(self, epoch: int) -> str:
+        """The schedule's phase for ``epoch``, less quantization when QAT has not been applied yet.
+
+        SparseML applies a modifier at the first optimizer step at or after its start epoch. With few steps per epoch
+        a QAT start late in an epoch comes after that epoch's last step, so the epoch ends with a float model: it
+        must not be labelled (or saved as best_<phase>.pt) as a quantized one.
+        """
+        phase = self.phase_for(epoch)
+        if "quantized" in phase and not self.is_quantized:
+            phase = "pruned" if "pruned" in phase else "dense"
+        return phase
+
     def skipped_step(self) -> None:
         if self._wrapped is not None:
             self._wrapped.emulated_step()
@@ -835,7 +847,7 @@ class RecipeSparsifier(Sparsifier):
         if self._snapshot_cache is None or self._snapshot_cache[0] != key:
             self._snapshot_cache = (key, self._finalized_state or self._snapshot_modifiers())
         modifiers, masks, sparsity = self._snapshot_cache[1]
-        phase = self.phase_for(epoch)
+        phase = self.phase_reached(epoch)
         quantized = self.is_quantized
         stage = {"recipe": self._stage_text, "applied_epoch": self._applied_epoch(), "epoch": int(epoch),
                  "phase": phase, "is_quantized": quantized, "final": bool(final)}
