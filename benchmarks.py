@@ -196,13 +196,14 @@ def runtime(quick: bool, data: str) -> dict:
     return runtime_benchmark.run_section(settings, BENCH_DIR)
 
 
-def write_markdown(results: dict, command: str) -> Path:
+def write_markdown(results: dict) -> Path:
     import onnxruntime
     import sparseml
 
     lines = ["# Benchmarks", "",
-             f"Command: `{command}`  ",
-             f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}  ",
+             "Sections come from the commands below (each run updates its sections in runs/bench/results.json):  ",
+             *[f"- {section}: `{run['command']}`, {run['date']}  " for section, run in
+               results.get("commands", {}).items()],
              f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, flags: {cpu_flags()}; no GPU  ",
              f"Versions: Python {platform.python_version()}, torch {torch.__version__}, sparseml "
              f"{sparseml.__version__}, onnxruntime {onnxruntime.__version__}", ""]
@@ -269,7 +270,11 @@ def main() -> None:
         results["accuracy"] = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data)
     if "runtime" in sections:
         results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
-    path = write_markdown(results, "python benchmarks.py " + " ".join(sys.argv[1:]))
+    command = "python benchmarks.py " + " ".join(sys.argv[1:])
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for section in sections:
+        results.setdefault("commands", {})[section] = {"command": command.strip(), "date": date}
+    path = write_markdown(results)
     print(path.read_text())
 
 

@@ -49,11 +49,13 @@ DEFAULT_OPSET = 13
 # confidences differ by at most 0.012 (ConvInteger file) and 0.033 (QDQ file, whose conv outputs are also quantized
 # by post-training ranges); objectness alone by up to 0.14 on anchors whose class probabilities are low, which is why
 # the products are compared. w and h move by a few % because (2 * sigmoid) ** 2 * anchor amplifies the head's
-# quantization step, which on anchors nobody would keep (confidence ~0.002) reached 18 px on 350 px boxes. So boxes
-# are held to 1 px + 2% where a detection can come from (confidence >= 0.1), and the detections themselves must agree
-# (DETECTION_MATCH below).
+# quantization step, which on anchors nobody would keep (confidence ~0.002) reached 18 px on 350 px boxes. Where a
+# detection can come from (confidence >= 0.1) the files of the benchmark's trained pruned_quant yolov5n at 320 px
+# (unstructured and 4-block) moved boxes by up to 2.4 px (the QDQ file's post-training conv-output ranges add rounding
+# the torch model does not have); every detection at confidence 0.25 was found (4/4, 5/5). So
+# boxes are held to 3 px + 2% on those anchors, and the detections themselves must agree (DETECTION_MATCH below).
 TOLERANCES = {"float32": (1e-2, 1e-4, 1e-4, 0.0), "float16": (0.5, 1e-2, 1e-2, 0.0),
-              "quantized": (1.0, 2e-2, 5e-2, 0.1)}
+              "quantized": (3.0, 2e-2, 5e-2, 0.1)}
 # Detections (NMS at confidence 0.25, IoU 0.45) of the torch model that onnxruntime must also find: same class, IoU
 # >= 0.5, its confidence allowed to sit up to the score tolerance below 0.25. Fraction required of the torch ones.
 DETECTION_CONF, DETECTION_IOU, DETECTION_MATCH = 0.25, 0.5, 0.9

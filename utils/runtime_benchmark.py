@@ -135,7 +135,8 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir:
                    "quantized": (trained["quantized"], None, None),
                    "block4": (trained["block4"], None, None) if trained["block4"]
                    else (trained["dense"], pruned_quant, BLOCK4)}
-        notes.append(f"{cfg}: trained weights of {accuracy_dir} (pruned FP32: "
+        where = accuracy_dir.relative_to(ROOT) if accuracy_dir.is_relative_to(ROOT) else accuracy_dir
+        notes.append(f"{cfg}: trained weights of {where} (pruned FP32: "
                      + ("the recipe run's best_pruned.pt" if trained["pruned"] else "one-shot pruning of dense")
                      + "; 4-block: " + ("the mask_type [1, 4] recipe run" if trained["block4"]
                                         else "one-shot of dense, post-training quantization") + ")")
