@@ -486,9 +486,11 @@ ONE_OFF_FINDINGS = [
     "  - Block masks, 640 px, DeepSparse num_cores 2: pruned INT8 with `mask_type: [1, 4]` at the recipe's sparsities "
     "(81% of conv weights) 35.5 ms = 2.94x the onnxruntime dense run of that process (104 ms there: the absolute "
     "timings of separate processes drift by 20%); raising the sparsities to 90% inner / 80% sensitive (86% of conv "
-    "weights) 36.1 ms, no faster: on 2 cores the dense stem, the float SiLU/Sigmoid and the head bound the latency, "
-    "not the pruned convolutions. The recipes take `--recipe-args '{\"mask_type\": [1, 4]}'`; the table above "
-    "times the 4-block file in the same process as the others.",
+    "weights) 36.1 ms, no faster: on 2 cores something other than the pruned convolutions bounds the latency (not "
+    "profiled; the dense stem and head and the float SiLU/Sigmoid are the suspects). Quantizing Concat, MaxPool and Upsample too (ignore only SiLU) 39.5 ms against "
+    "97.4 ms dense in its process (2.47x): no gain either. The recipes take "
+    "`--recipe-args '{\"mask_type\": [1, 4]}'`; the table above times the 4-block file in the same process as "
+    "the others.",
     "  - `onnxruntime.quantization.quantize_static` (post-training QDQ) cannot run beside the onnx 1.14.1 that "
     "sparseml pins (it needs ml_dtypes and onnx's INT4 type), so the QDQ file is converted from the QAT graph.",
     "  - Not measured: per-layer sparsity sweeps (the recipes' 85% inner / 70% sensitive split is kept) and a CPU "
