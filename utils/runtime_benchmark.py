@@ -487,7 +487,8 @@ ONE_OFF_FINDINGS = [
     "(81% of conv weights) 35.5 ms = 2.94x the onnxruntime dense run of that process (104 ms there: the absolute "
     "timings of separate processes drift by 20%); raising the sparsities to 90% inner / 80% sensitive (86% of conv "
     "weights) 36.1 ms, no faster: on 2 cores something other than the pruned convolutions bounds the latency (not "
-    "profiled; the dense stem and head and the float SiLU/Sigmoid are the suspects). Quantizing Concat, MaxPool and Upsample too (ignore only SiLU) 39.5 ms against "
+    "profiled; the dense stem and head and the float SiLU/Sigmoid are the suspects). Quantizing Concat, MaxPool "
+    "and Upsample too (ignore only SiLU) 39.5 ms against "
     "97.4 ms dense in its process (2.47x): no gain either. The recipes take "
     "`--recipe-args '{\"mask_type\": [1, 4]}'`; the table above times the 4-block file in the same process as "
     "the others.",
