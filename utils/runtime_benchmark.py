@@ -494,7 +494,7 @@ ONE_OFF_FINDINGS = [
     "the others.",
     "  - `deepsparse.debug_analysis` of that 4-block file (640 px, num_cores 2): 34.7 ms, of which 82% in DeepSparse's "
     "fused multi-layer 'pyramid' subgraphs (not broken down further), 15% in the P5 stage's sparse convolutions run "
-    "one by one, 3% in layout shuffles, 0.5% in the dense Detect convs.",
+    "one by one, 3% in layout shuffles, 0.5% in one dense Detect conv run alone.",
     "  - `onnxruntime.quantization.quantize_static` (post-training QDQ) cannot run beside the onnx 1.14.1 that "
     "sparseml pins (it needs ml_dtypes and onnx's INT4 type), so the QDQ file is converted from the QAT graph.",
     "  - Not measured: per-layer sparsity sweeps (the recipes' 85% inner / 70% sensitive split is kept) and a CPU "
