@@ -196,7 +196,16 @@ def runtime(quick: bool, data: str) -> dict:
     return runtime_benchmark.run_section(settings, BENCH_DIR)
 
 
-def write_markdown(results: dict) -> Path:
+def write_markdown(results: dict, path: Path = ROOT / "BENCHMARKS.md") -> Path:
+    """BENCHMARKS.md from ``results``, which are kept beside the runs in runs/bench/results.json."""
+    path.write_text(render_markdown(results), encoding="utf-8")
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    return path
+
+
+def render_markdown(results: dict) -> str:
+    """The text of BENCHMARKS.md: machine, versions, then one section per benchmark present in ``results``."""
     import onnxruntime
     import sparseml
 
@@ -241,10 +250,7 @@ def write_markdown(results: dict) -> Path:
         from utils.runtime_benchmark import markdown
 
         lines += markdown(results["runtime"])
-    path = ROOT / "BENCHMARKS.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
-    return path
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
