@@ -495,7 +495,8 @@ ONE_OFF_FINDINGS = [
     "  - Spread between processes, yolov5s 640 batch 1 (3 processes on the benchmark's files plus 1 on a fresh "
     "one-shot export of the same recipe; ORT dense timed before and after DeepSparse in each): DeepSparse 4-block "
     "INT8 2.29x, 2.55x, 3.14x, 3.17x ORT dense; unstructured INT8 2.13-2.33x; ORT dense itself 85-124 ms. The "
-    "4-block file was 7-26% faster than the unstructured one each time; its ratio to ORT dense straddles 3x. Pruning Detect's 3 output convs in 4-blocks "
+    "4-block file was 7-26% faster than the unstructured one each time; its ratio to ORT dense straddles 3x. "
+    "Pruning Detect's 3 output convs in 4-blocks "
     "as well (84% of conv weights) 2.81x: no gain.",
     "  - `deepsparse.debug_analysis` of that 4-block file (640 px, num_cores 2): 34.7 ms, of which 82% in DeepSparse's "
     "fused multi-layer 'pyramid' subgraphs (not broken down further), 15% in the P5 stage's sparse convolutions run "
