@@ -20,9 +20,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
@@ -31,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 from models.yolo import DetectionModel  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
+from utils.metrics import fitness  # noqa: E402
 
 BENCH_DIR = ROOT / "runs" / "bench"
 
@@ -157,9 +160,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
         rows = read_results(project / name)
         final_phase = rows[-1]["phase"]
         sparse = best_of(rows, final_phase)
-        phase_epochs: dict[str, int] = {}
-        for row in rows:
-            phase_epochs[row["phase"]] = phase_epochs.get(row["phase"], 0) + 1
+        phase_epochs = Counter(row["phase"] for row in rows)
         seconds_per_epoch = sparse_time / max(len(rows), 1)
         result["sparse"].append({
             "name": name, "recipe_args": recipe_args, "epochs": len(rows), "phase": final_phase,
@@ -171,9 +172,11 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
 
 
 def best_of(rows: list[dict], phase: str | None = None) -> dict:
-    """The row of highest YOLOv5 fitness (0.1 mAP@0.5 + 0.9 mAP@0.5:0.95), among ``phase``'s rows when given."""
+    """The results.csv row of highest YOLOv5 fitness (train.py's choice of best.pt), among ``phase``'s rows."""
     rows = [r for r in rows if phase is None or r["phase"] == phase] or rows
-    return max(rows, key=lambda r: 0.1 * float(r["metrics/mAP_0.5"]) + 0.9 * float(r["metrics/mAP_0.5:0.95"]))
+    scores = fitness(np.array([[0.0, 0.0, float(r["metrics/mAP_0.5"]), float(r["metrics/mAP_0.5:0.95"])]
+                               for r in rows]))
+    return rows[int(scores.argmax())]
 
 
 def demo() -> dict:
@@ -182,9 +185,7 @@ def demo() -> dict:
     rows = read_results(ROOT / "runs" / "train" / "demo")
     last = rows[-1]
     return {"seconds": seconds, "epochs": len(rows), "phase": last["phase"], "sparsity": float(last["sparsity"]),
-            "map50": float(last["metrics/mAP_0.5"]), "map": float(last["metrics/mAP_0.5:0.95"]),
-            "best_dense_map50": max((float(r["metrics/mAP_0.5"]) for r in rows if r["phase"] == "dense"),
-                                    default=None)}
+            "map50": float(last["metrics/mAP_0.5"]), "map": float(last["metrics/mAP_0.5:0.95"])}
 
 
 def runtime(quick: bool, data: str) -> dict:

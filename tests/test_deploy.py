@@ -10,13 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export import QAT_RECIPE, condition_batchnorm, prune_by_magnitude, save_project_checkpoint
+from test_export import prune_by_magnitude, qat_checkpoint
 
 import export
 import val
 from models.yolo import DetectionModel
 from utils.dataset_config import check_dataset
 from utils.inference import default_runtime, is_qdq_onnx, load_backend
+from utils.runtime_benchmark import condition_batchnorm
 from utils.sparsification.export import onnxruntime_ops
 
 HAS_DEEPSPARSE = importlib.util.find_spec("deepsparse") is not None
@@ -24,10 +25,8 @@ NEEDS_DEEPSPARSE = pytest.mark.skipif(not HAS_DEEPSPARSE, reason="deepsparse is 
 HEAD_CONVS = 3  # Detect's 1x1 convs keep a float output (their logits feed the box decode), so no QLinearConv
 
 
-def qat_checkpoint(data: Path, folder: Path) -> Path:
+def pruned_qat_checkpoint(data: Path, folder: Path) -> Path:
     """A pruned (80%) yolov5n QAT checkpoint made by the training path: recipe manager, one step, strict save."""
-    from utils.sparsification import create_sparsifier
-
     names = check_dataset(str(data))["names"]
     images, _, _ = export.sample_images(str(data), (64, 64), 8)
     torch.manual_seed(4)
@@ -35,28 +34,13 @@ def qat_checkpoint(data: Path, folder: Path) -> Path:
     model.names = [names[i] for i in sorted(names)]
     model = condition_batchnorm(model, images)
     prune_by_magnitude(model, 0.8)
-    recipe = folder / "qat.yaml"
-    recipe.write_text(QAT_RECIPE)
-    sparsifier = create_sparsifier(str(recipe))
-    sparsifier.model_built(model, None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    plan = sparsifier.optimizer_built(model, optimizer, torch.amp.GradScaler("cuda", enabled=False),
-                                      steps_per_epoch=1, start_epoch=0, default_epochs=1)
-    sparsifier.epoch_start(0)
-    model.train()
-    sum(output.sigmoid().mean() for output in model(images.float() / 255)).backward()
-    plan.scaler.step(optimizer)
-    plan.scaler.update()
-    optimizer.zero_grad()
-    state = sparsifier.checkpoint_state(epoch=0, final=True)
-    sparsifier.finalize(model)
-    return save_project_checkpoint(model, folder / "last.pt", sparsification=state, state=model.state_dict())
+    return qat_checkpoint(model, images, folder / "last.pt")
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, shapes_dataset: Path) -> export.ExportReport:
     """``export.py --int8-format both`` of the QAT checkpoint: report of last.onnx, QDQ report in ``others``."""
-    weights = qat_checkpoint(shapes_dataset, tmp_path_factory.mktemp("deploy"))
+    weights = pruned_qat_checkpoint(shapes_dataset, tmp_path_factory.mktemp("deploy"))
     return export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), calib_data=8, device="cpu",
                               int8_format="both")
 

@@ -17,6 +17,7 @@ import export
 from models.yolo import DetectionModel
 from utils.checkpoint import build_checkpoint, save_checkpoint
 from utils.inference import load_backend
+from utils.runtime_benchmark import condition_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ultralytics"
@@ -200,21 +201,6 @@ def test_run_refuses_half_on_cpu_and_unknown_formats(checkpoint: Path) -> None:
         export.run(weights=checkpoint, include=["engine"])
 
 
-def condition_batchnorm(model: DetectionModel, images: torch.Tensor) -> DetectionModel:
-    """Set BatchNorm statistics from real images, as training would: a random network's activations otherwise
-    shrink towards zero in deep layers, and 8-bit ranges calibrated on ~0 make no sense (int32 bias overflow)."""
-    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in batchnorms:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches seen
-    model.train()
-    with torch.no_grad():
-        model(images.float() / 255)
-    for bn in batchnorms:
-        bn.momentum = 0.03
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def conditioned_checkpoint(tmp_path_factory, shapes_dataset: Path) -> Path:
     images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 12)
@@ -302,15 +288,11 @@ modifiers:
 
 
 @pytest.mark.slow
-def test_quantization_aware_checkpoint_exports_an_integer_graph(shapes_dataset: Path, tmp_path: Path) -> None:
-    """A QAT checkpoint made by the training path (recipe manager, one optimizer step, saved state, strict rebuild)
-    exports to a uint8-input integer graph that keeps the pruned zeros and matches the torch model."""
+def qat_checkpoint(model: DetectionModel, images: torch.Tensor, path: Path) -> Path:
+    """``model`` after one QAT step of the training path (recipe manager, one optimizer step), saved strictly."""
     from utils.sparsification import create_sparsifier
 
-    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 8)
-    model = condition_batchnorm(tiny_model(seed=3), images)
-    prune_by_magnitude(model, 0.8)
-    recipe = tmp_path / "qat.yaml"
+    recipe = path.with_name(path.stem + ".recipe.yaml")
     recipe.write_text(QAT_RECIPE)
     sparsifier = create_sparsifier(str(recipe))
     sparsifier.model_built(model, None)
@@ -328,7 +310,16 @@ def test_quantization_aware_checkpoint_exports_an_integer_graph(shapes_dataset: 
     optimizer.zero_grad()
     state = sparsifier.checkpoint_state(epoch=0, final=True)
     sparsifier.finalize(model)
-    weights = save_project_checkpoint(model, tmp_path / "qat.pt", sparsification=state, state=model.state_dict())
+    return save_project_checkpoint(model, path, sparsification=state, state=model.state_dict())
+
+
+def test_quantization_aware_checkpoint_exports_an_integer_graph(shapes_dataset: Path, tmp_path: Path) -> None:
+    """A QAT checkpoint made by the training path (recipe manager, one optimizer step, saved state, strict rebuild)
+    exports to a uint8-input integer graph that keeps the pruned zeros and matches the torch model."""
+    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 8)
+    model = condition_batchnorm(tiny_model(seed=3), images)
+    prune_by_magnitude(model, 0.8)
+    weights = qat_checkpoint(model, images, tmp_path / "qat.pt")
 
     report = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), device="cpu")
     print(report.check.line())  # shown with pytest -s: the observed differences

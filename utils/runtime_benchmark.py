@@ -75,13 +75,16 @@ class ModelFiles:
 # ------------------------------------------------------------------------------------------------------------ files
 
 
-def _condition_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
-    # A random network's activations shrink towards zero layer after layer; BatchNorm statistics of real images give
-    # activations of realistic range, so that calibration and 8-bit ranges mean something.
+def condition_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    """Set BatchNorm statistics from real images (uint8), as training would.
+
+    A random network's activations otherwise shrink towards zero layer after layer, and 8-bit ranges calibrated on
+    ~0 make no sense (int32 bias overflow): calibration and export checks of random models need realistic ranges.
+    """
     batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in batchnorms:
         bn.reset_running_stats()
-        bn.momentum = None
+        bn.momentum = None  # cumulative average over the batches seen
     model.train()
     with torch.no_grad():
         model(images.float() / 255)
@@ -99,7 +102,7 @@ def _random_checkpoint(cfg: str, folder: Path, imgsz: int) -> Path:
     model = DetectionModel(f"{cfg}.yaml", nc=80)  # COCO-sized head: the deployment case
     model.names = [f"class{i}" for i in range(80)]
     images, _, _ = export.sample_images(DATA, (imgsz, imgsz), 8)
-    model = _condition_batchnorm(model, images)
+    model = condition_batchnorm(model, images)
     checkpoint = build_checkpoint(model_yaml=model.yaml, names=list(model.names), model_state=model.state_dict(),
                                   ema_state=None, ema_updates=0, optimizer_state=None, scaler_state=None, epoch=0,
                                   best_fitness=0.0, phase_best_fitness={}, options={}, hyp={}, sparsification={},
