@@ -6,7 +6,7 @@ measured in the same process, because this shared machine's absolute timings dri
     python benchmarks.py                        # everything (long: trains two models)
     python benchmarks.py --only throughput      # training / validation images per second
     python benchmarks.py --only demo            # time `python demo.py` and record the mAP it reaches
-    python benchmarks.py --only accuracy        # dense vs pruned_quant (unstructured, 4-block) yolov5n, ~40 min
+    python benchmarks.py --only accuracy        # dense yolov5n, then dense / pruned_quant fine-tunes of it
     python benchmarks.py --only runtime         # ONNX files in onnxruntime / DeepSparse (--quick: a few minutes)
 """
 
@@ -126,56 +126,154 @@ def read_results(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-SPARSE_VARIANTS = {"pruned_quant": {}, "pruned_quant_block4": {"mask_type": [1, 4]}}
+# Sparse fine-tunes of the dense model. All use recipes/yolov5n.pruned_quant.yaml scaled to --finetune-epochs, with
+# AdamW (the dense model's optimizer) at the learning rates below; "teacher": distil from the dense model
+# (--teacher-weights, the recipe's PerLayerDistillationModifier).
+SPARSE_VARIANTS = {
+    "pruned_quant": {"recipe_args": {}, "teacher": False},
+    "pruned_quant_distill": {"recipe_args": {}, "teacher": True},
+    "pruned_quant_block4": {"recipe_args": {"mask_type": [1, 4]}, "teacher": True},
+}
+DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant")
+FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
+FINETUNE_ARGS = {"quantization_epochs": 2, "init_lr": 0.001, "final_lr": 0.0001, "qat_init_lr": 0.0001,
+                 "qat_final_lr": 1.0e-6}  # AdamW: a third of the dense run's lr0 (0.003), then as the recipe decays
+DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml"]
+
+# The control: the same fine-tune (epochs, optimizer, learning-rate modifiers of the pruned_quant recipe) with no
+# pruning, quantization or distillation, so that the dense model gets every epoch the sparse ones get.
+CONTROL_RECIPE = """# Benchmark control (written by benchmarks.py): the LR schedule of recipes/yolov5n.pruned_quant.yaml
+version: 1.1.0
+num_epochs: 30
+init_lr: 0.01
+final_lr: 0.002
+warmup_end_epoch: eval(num_epochs * 0.03)
+quantization_epochs: eval(num_epochs * 0.05)
+qat_start_epoch: eval(num_epochs - quantization_epochs)
+qat_init_lr: 1.0e-3
+qat_final_lr: 1.0e-6
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: eval(num_epochs)
+  - !LearningRateFunctionModifier
+    start_epoch: 0.0
+    end_epoch: eval(warmup_end_epoch)
+    lr_func: linear
+    init_lr: 0.0
+    final_lr: eval(init_lr)
+    param_groups: [1, 2]
+  - !LearningRateFunctionModifier
+    start_epoch: 0.0
+    end_epoch: eval(warmup_end_epoch)
+    lr_func: linear
+    init_lr: 0.1
+    final_lr: eval(init_lr)
+    param_groups: [0]
+  - !LearningRateFunctionModifier
+    start_epoch: eval(warmup_end_epoch)
+    end_epoch: eval(qat_start_epoch)
+    lr_func: linear
+    init_lr: eval(init_lr)
+    final_lr: eval(final_lr)
+  - !LearningRateFunctionModifier
+    start_epoch: eval(qat_start_epoch)
+    end_epoch: eval(num_epochs)
+    lr_func: cosine
+    init_lr: eval(qat_init_lr)
+    final_lr: eval(qat_final_lr)
+"""
 
 
-def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = "data/shapes.yaml") -> dict:
-    """Dense yolov5n from scratch, then the pruned_quant recipe (unstructured and 4-block) fine-tuning it.
+def run_minutes(run_dir: Path) -> float:
+    """Training time of a finished run, from its files: opt.yaml is written first, weights/last.pt last."""
+    return ((run_dir / "weights" / "last.pt").stat().st_mtime - (run_dir / "opt.yaml").stat().st_mtime) / 60
 
-    Same budget: the dense run trains ``epochs + finetune_epochs`` epochs and keeps its checkpoint after ``epochs``;
-    each sparse run starts from that checkpoint and trains ``finetune_epochs``. Recovery compares each sparse model
-    with the best dense epoch of the whole dense run, so sparse runs get no extra training the dense one lacks.
+
+def dense_run(project: Path, epochs: int, common: list[str]) -> Path:
+    """Train the dense model, or reuse a finished run of the same settings (a rerun then trains only the
+    fine-tunes)."""
+    import yaml
+
+    run_dir = project / "dense"
+    expected = {"epochs": epochs, "optimizer": "AdamW", "imgsz": int(common[common.index("--imgsz") + 1]),
+                "data": common[common.index("--data") + 1], "hyp": "data/hyps/hyp.short.yaml", "cfg": "yolov5n.yaml"}
+    try:
+        saved = yaml.safe_load((run_dir / "opt.yaml").read_text(encoding="utf-8"))
+        done = len(read_results(run_dir)) == epochs and (run_dir / "weights" / "best.pt").is_file()
+    except (OSError, yaml.YAMLError):
+        saved, done = {}, False
+    if done and all(saved.get(key) == value for key, value in expected.items()):
+        print(f"reusing the finished dense run {run_dir} ({epochs} epochs, same settings)", flush=True)
+        return run_dir
+    run_command(["train.py", *DENSE_ARGS, "--epochs", str(epochs), "--name", "dense", *common])
+    return run_dir
+
+
+def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = "data/shapes.yaml",
+             variants: tuple[str, ...] = DEFAULT_VARIANTS) -> dict:
+    """Dense yolov5n from scratch; then, from its best checkpoint, the same fine-tune dense (the control) and
+    pruned + quantized (the recipe, with and without distillation from the dense model).
+
+    Same budget: the control and each sparse run train ``finetune_epochs`` from the same checkpoint with the same
+    optimizer and learning-rate schedule. Recovery divides a sparse run's mAP@0.5:0.95 by the better of the dense
+    checkpoint and the control, so no sparse model is compared with a dense one that had fewer epochs.
     """
-    if epochs < 2:
-        raise ValueError("--epochs must be at least 2 (the sparse runs start from the dense checkpoint of that epoch)")
     project = BENCH_DIR / "accuracy"
+    project.mkdir(parents=True, exist_ok=True)
     common = ["--data", data, "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
               "--project", str(project), "--exist-ok", "--noplots"]
-    dense_time = run_command(["train.py", "--cfg", "yolov5n.yaml", "--weights", "", "--epochs",
-                              str(epochs + finetune_epochs), "--optimizer", "AdamW", "--hyp",
-                              "data/hyps/hyp.short.yaml", "--save-period", str(epochs - 1), "--name", "dense",
-                              *common])
-    dense_rows = read_results(project / "dense")
-    start = project / "dense" / "weights" / f"epoch{epochs - 1}.pt"
+    dense_dir = dense_run(project, epochs, common)
+    dense_rows = read_results(dense_dir)
+    start = dense_dir / "weights" / "best.pt"
     dense = best_of(dense_rows)
+    finetune = ["--weights", str(start), "--optimizer", "AdamW", *common]
+    lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS}
+
+    control_recipe = project / "control_recipe.yaml"
+    control_recipe.write_text(CONTROL_RECIPE, encoding="utf-8")
+    run_command(["train.py", *finetune, "--sparsification-recipe", str(control_recipe), "--recipe-args",
+                 json.dumps(lr_args), "--name", "control"])
+    control = best_of(read_results(project / "control"))
+    baseline = max((dense, control), key=lambda r: float(fitness(_metrics(r))[0]))
     result = {"data": data, "imgsz": imgsz, "dense_epochs": epochs, "finetune_epochs": finetune_epochs,
+              "optimizer": "AdamW", "finetune_args": lr_args,
               "dense_map50": float(dense["metrics/mAP_0.5"]), "dense_map": float(dense["metrics/mAP_0.5:0.95"]),
-              "dense_best_epoch": int(dense["epoch"]), "dense_minutes": dense_time / 60,
-              "start_map": float(dense_rows[epochs - 1]["metrics/mAP_0.5:0.95"]), "sparse": []}
-    for name, variables in SPARSE_VARIANTS.items():
-        recipe_args = json.dumps({"num_epochs": finetune_epochs, "quantization_epochs": 2, **variables})
-        sparse_time = run_command(["train.py", "--weights", str(start), "--recipe-args", recipe_args,
-                                   "--sparsification-recipe", "recipes/yolov5n.pruned_quant.yaml", "--name", name,
-                                   *common])
+              "dense_best_epoch": int(dense["epoch"]), "dense_minutes": run_minutes(dense_dir),
+              "control_map50": float(control["metrics/mAP_0.5"]), "control_map": float(control["metrics/mAP_0.5:0.95"]),
+              "control_minutes": run_minutes(project / "control"),
+              "baseline": "control" if baseline is control else "dense",
+              "baseline_map": float(baseline["metrics/mAP_0.5:0.95"]), "sparse": []}
+    for name in variants:
+        variant = SPARSE_VARIANTS[name]
+        recipe_args = json.dumps({**lr_args, **variant["recipe_args"]})
+        teacher = ["--teacher-weights", str(start)] if variant["teacher"] else []
+        run_command(["train.py", *finetune, "--sparsification-recipe", FINETUNE_RECIPE, "--recipe-args", recipe_args,
+                     *teacher, "--name", name])
         rows = read_results(project / name)
         final_phase = rows[-1]["phase"]
         sparse = best_of(rows, final_phase)
         phase_epochs = Counter(row["phase"] for row in rows)
-        seconds_per_epoch = sparse_time / max(len(rows), 1)
+        minutes = run_minutes(project / name)
         result["sparse"].append({
-            "name": name, "recipe_args": recipe_args, "epochs": len(rows), "phase": final_phase,
+            "name": name, "recipe_args": json.dumps(variant["recipe_args"]) if variant["recipe_args"] else "",
+            "teacher": variant["teacher"], "epochs": len(rows), "phase": final_phase,
             "map50": float(sparse["metrics/mAP_0.5"]), "map": float(sparse["metrics/mAP_0.5:0.95"]),
-            "sparsity": float(sparse["sparsity"]), "recovery": float(sparse["metrics/mAP_0.5:0.95"])
-            / max(result["dense_map"], 1e-9), "minutes": sparse_time / 60,
-            "phase_minutes": {k: round(v * seconds_per_epoch / 60, 1) for k, v in phase_epochs.items()}})
+            "sparsity": float(sparse["sparsity"]),
+            "recovery": float(sparse["metrics/mAP_0.5:0.95"]) / max(result["baseline_map"], 1e-9),
+            "minutes": minutes,
+            "phase_minutes": {k: round(v * minutes / max(len(rows), 1), 1) for k, v in phase_epochs.items()}})
     return result
+
+
+def _metrics(row: dict) -> np.ndarray:
+    return np.array([[0.0, 0.0, float(row["metrics/mAP_0.5"]), float(row["metrics/mAP_0.5:0.95"])]])
 
 
 def best_of(rows: list[dict], phase: str | None = None) -> dict:
     """The results.csv row of highest YOLOv5 fitness (train.py's choice of best.pt), among ``phase``'s rows."""
     rows = [r for r in rows if phase is None or r["phase"] == phase] or rows
-    scores = fitness(np.array([[0.0, 0.0, float(r["metrics/mAP_0.5"]), float(r["metrics/mAP_0.5:0.95"])]
-                               for r in rows]))
+    scores = fitness(np.concatenate([_metrics(r) for r in rows]))
     return rows[int(scores.argmax())]
 
 
@@ -230,22 +328,30 @@ def render_markdown(results: dict) -> str:
                   f"({d['phase']}, {d['sparsity']:.1%} of conv weights zero): mAP@0.5 {d['map50']:.3f}, "
                   f"mAP@0.5:0.95 {d['map']:.3f} on the built-in validation images. A few minutes of CPU training "
                   "from scratch shows the pipeline, not the accuracy a longer run reaches (see below).", ""]
-    if "accuracy" in results and "sparse" in results["accuracy"]:
+    if "accuracy" in results and "control_map" in results["accuracy"]:  # older results.json files: skipped
         a = results["accuracy"]
+        args = ", ".join(f"{k} {v}" for k, v in a["finetune_args"].items())
         lines += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a['data']}`, {a['imgsz']} px)", "",
-                  f"Dense: {a['dense_epochs'] + a['finetune_epochs']} epochs from scratch (AdamW, "
-                  f"`data/hyps/hyp.short.yaml`; {a['dense_minutes']:.0f} min), best epoch {a['dense_best_epoch']}. "
-                  f"Each sparse run starts from the dense checkpoint after {a['dense_epochs']} epochs (mAP@0.5:0.95 "
-                  f"{a['start_map']:.3f}) and trains `recipes/yolov5n.pruned_quant.yaml` scaled to "
-                  f"{a['finetune_epochs']} epochs (GMP, fine-tune, 2 QAT epochs), so both sides get the same number of "
-                  "epochs. Sparse rows: the best epoch of the final (pruned_quantized) phase, i.e. "
+                  f"Dense: {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`; "
+                  f"{a['dense_minutes']:.0f} min), best epoch {a['dense_best_epoch']}. From its best.pt, three "
+                  f"fine-tunes of {a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of "
+                  f"`{FINETUNE_RECIPE}` ({args}): the control (that schedule alone: dense, no quantization), and the "
+                  "recipe itself (GMP, fine-tune, QAT), with and without distillation from the dense best.pt "
+                  "(`--teacher-weights`). Recovery = sparse mAP@0.5:0.95 / the better dense model "
+                  f"(here the {a['baseline']}: {a['baseline_map']:.3f}), so the dense side gets every epoch the "
+                  "sparse side gets. Sparse rows: the best epoch of the final (pruned_quantized) phase, i.e. "
                   "`best_pruned_quantized.pt`.", "",
-                  "| model | recipe args | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery (mAP@0.5:0.95) "
-                  "| minutes (per phase) |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| dense | | {a['dense_map50']:.3f} | {a['dense_map']:.3f} | 0 | 100% | {a['dense_minutes']:.0f} |"]
-        lines += [f"| {r['name']} | `{r['recipe_args']}` | {r['map50']:.3f} | {r['map']:.3f} | {r['sparsity']:.3f} | "
-                  f"{100 * r['recovery']:.1f}% | {r['minutes']:.0f} ({r['phase_minutes']}) |" for r in a["sparse"]]
+                  "| model | teacher | recipe args | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery "
+                  "(mAP@0.5:0.95) | minutes (per phase) |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| dense | | | {a['dense_map50']:.3f} | {a['dense_map']:.3f} | 0 | "
+                  f"{100 * a['dense_map'] / a['baseline_map']:.1f}% | {a['dense_minutes']:.0f} |",
+                  f"| dense + fine-tune (control) | | | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
+                  f"{100 * a['control_map'] / a['baseline_map']:.1f}% | {a['control_minutes']:.0f} |"]
+        lines += [f"| {r['name']} | {'dense best.pt' if r['teacher'] else ''} | "
+                  f"{'`' + r['recipe_args'] + '`' if r['recipe_args'] else ''} | {r['map50']:.3f} | {r['map']:.3f} | "
+                  f"{r['sparsity']:.3f} | {100 * r['recovery']:.1f}% | {r['minutes']:.0f} ({r['phase_minutes']}) |"
+                  for r in a["sparse"]]
         lines.append("")
     if isinstance(results.get("runtime"), dict):  # older results.json files hold a list: skipped
         from utils.runtime_benchmark import markdown
@@ -257,8 +363,11 @@ def render_markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["throughput", "demo", "accuracy", "runtime"], action="append")
-    parser.add_argument("--epochs", type=int, default=18, help="dense epochs before the sparse runs branch off")
-    parser.add_argument("--finetune-epochs", type=int, default=10, help="epochs the pruned_quant recipe is scaled to")
+    parser.add_argument("--epochs", type=int, default=18, help="accuracy: dense epochs from scratch")
+    parser.add_argument("--finetune-epochs", type=int, default=10,
+                        help="accuracy: epochs of each fine-tune (control and pruned_quant recipe runs)")
+    parser.add_argument("--variants", nargs="+", choices=sorted(SPARSE_VARIANTS), default=list(DEFAULT_VARIANTS),
+                        help="accuracy: sparse fine-tunes to run")
     parser.add_argument("--imgsz", type=int, default=224)
     parser.add_argument("--data", default="data/shapes_small.yaml", help="dataset of the accuracy benchmark")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per throughput measurement")
@@ -274,7 +383,8 @@ def main() -> None:
     if "demo" in sections:
         results["demo"] = demo()
     if "accuracy" in sections:
-        results["accuracy"] = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data)
+        results["accuracy"] = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data,
+                                       tuple(opt.variants))
     if "runtime" in sections:
         results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
     command = "python benchmarks.py " + " ".join(sys.argv[1:])

@@ -55,6 +55,8 @@ from utils.metrics import fitness  # noqa: E402
 from utils.optim import build_optimizer, lr_lambda  # noqa: E402
 from utils.runs import increment_path  # noqa: E402
 from utils.sparsification import Sparsifier, create_sparsifier, restore_structure  # noqa: E402
+from utils.sparsification.teacher import SELF as SELF_TEACHER  # noqa: E402
+from utils.sparsification.teacher import load_teacher  # noqa: E402
 from utils.sparsification.zoo import ZooUnavailableError  # noqa: E402
 from utils.weights import convert_official, intersect_state_dicts, read_weights_file  # noqa: E402
 
@@ -106,6 +108,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         help="SparseML recipe: a YAML path or a zoo: stub")
     parser.add_argument("--recipe-args", type=str, default=None,
                         help="recipe variables as JSON or key=value,... e.g. '{\"num_epochs\": 30}'")
+    parser.add_argument("--teacher-weights", type=str, default="",
+                        help="distillation teacher for the recipe's distillation modifiers: .pt, zoo: or 'self'")
     return parser.parse_args(argv)
 
 
@@ -273,6 +277,7 @@ def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimize
         with torch.autocast(device_type=device.type, enabled=state.amp_enabled):
             predictions = model(images)
             loss, loss_items = compute_loss(predictions, targets.to(device))
+            loss = sparsifier.loss_computed(loss, predictions, images, targets)
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss at epoch {epoch}, batch {i} ({loss_items.tolist()}); stopping "
                                 f"before any NaN weights are saved. Lower the learning rate (--hyp) or check labels.")
@@ -460,8 +465,11 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     if resume_checkpoint:
         state = restore_run_state(resume_checkpoint, optimizer, scaler, ema, model)
         ema = ema if state.ema_enabled else None
+    teacher = load_teacher(opt.teacher_weights, unwrap(model), device)
+    if teacher is not None and resume_checkpoint and opt.teacher_weights == SELF_TEACHER:
+        LOGGER.info("--teacher-weights self: the teacher is the model as resumed, not as the run first started")
     plan = sparsifier.optimizer_built(unwrap(model), optimizer, scaler, steps_per_epoch=len(train_loader),
-                                      start_epoch=state.start_epoch, default_epochs=default_epochs)
+                                      start_epoch=state.start_epoch, default_epochs=default_epochs, teacher=teacher)
     scaler, epochs = plan.scaler, plan.epochs
     opt.epochs = epochs
     for note in plan.notes:

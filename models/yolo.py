@@ -27,6 +27,7 @@ class Detect(nn.Module):
     stride: torch.Tensor | None = None
     dynamic = False  # rebuild grids at every call (dynamic input shapes at export)
     export = False  # return only the decoded tensor
+    raw_outputs = False  # in eval mode too, return the per-scale raw outputs as in training (distillation teachers)
 
     def __init__(self, nc: int = 80, anchors: list[list[int]] = (), ch: list[int] = (), inplace: bool = True) -> None:
         super().__init__()
@@ -46,14 +47,14 @@ class Detect(nn.Module):
             x[i] = self.m[i](x[i])
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-            if not self.training:
+            if not self.training and not self.raw_outputs:
                 if self.dynamic or self.grid[i].shape[2:4] != x[i].shape[2:4] or self.grid[i].device != x[i].device:
                     self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
                 xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
                 xy = (xy * 2 + self.grid[i]) * self.stride[i]
                 wh = (wh * 2) ** 2 * self.anchor_grid[i]
                 decoded.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
-        if self.training:
+        if self.training or self.raw_outputs:
             return x
         return (torch.cat(decoded, 1),) if self.export else (torch.cat(decoded, 1), x)
 

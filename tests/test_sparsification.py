@@ -179,10 +179,12 @@ class Run:
     checkpoints: dict[int, dict] = field(default_factory=dict)  # weights-only round-tripped, as train.py saves them
     references: dict[int, nn.Module] = field(default_factory=dict)  # deep copies of the model at chosen epochs
     masked_nonzero: float = 0.0  # largest |weight| under a zero mask, model and EMA, after any optimizer step
+    distillation: dict[int, float] = field(default_factory=dict)  # per epoch: the largest loss the recipe added
 
 
 def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint: dict | None = None,
-          stop_after: int | None = None, keep: tuple[int, ...] = (), accumulate: int = 1) -> Run:
+          stop_after: int | None = None, keep: tuple[int, ...] = (), accumulate: int = 1,
+          teacher: nn.Module | None = None) -> Run:
     """The loop of train.py, calling the hooks in the same order (CPU: AMP off, GradScaler disabled)."""
     optimizer = build_optimizer(model, "SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)
     ema = ModelEMA(model)
@@ -195,7 +197,7 @@ def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint
             ema.updates = checkpoint["ema_updates"]
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     plan = sparsifier.optimizer_built(model, optimizer, scaler, steps_per_epoch=STEPS, start_epoch=start_epoch,
-                                      default_epochs=3)
+                                      default_epochs=3, teacher=teacher)
     scaler = plan.scaler
     compute_loss = ComputeLoss(model)
     run = Run(model, sparsifier, plan)
@@ -207,7 +209,11 @@ def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint
         model.train()
         for step in range(STEPS):
             images, targets = batch(epoch, step)
-            loss, _ = compute_loss(model(images), targets)
+            predictions = model(images)
+            task_loss, _ = compute_loss(predictions, targets)
+            loss = sparsifier.loss_computed(task_loss, predictions, images, targets)
+            added = float((loss - task_loss).detach().abs().max())
+            run.distillation[epoch] = max(run.distillation.get(epoch, 0.0), added)
             scaler.scale(loss).backward()
             if (step + 1) % accumulate == 0:
                 scaler.unscale_(optimizer)

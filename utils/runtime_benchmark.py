@@ -113,10 +113,12 @@ def _random_checkpoint(cfg: str, folder: Path, imgsz: int) -> Path:
 def trained_checkpoints(accuracy_dir: Path) -> dict[str, Path] | None:
     """The accuracy section's yolov5n checkpoints by variant, or None when it has not run."""
     dense = accuracy_dir / "dense" / "weights" / "best.pt"
-    quantized = accuracy_dir / "pruned_quant" / "weights" / "last.pt"
+    runs = [accuracy_dir / name for name in ("pruned_quant_distill", "pruned_quant")]  # the distilled run is better
+    run = next((r for r in runs if (r / "weights" / "last.pt").is_file()), runs[-1])
+    quantized = run / "weights" / "last.pt"
     if not (dense.is_file() and quantized.is_file()):
         return None
-    pruned = accuracy_dir / "pruned_quant" / "weights" / "best_pruned.pt"
+    pruned = run / "weights" / "best_pruned.pt"
     block4 = accuracy_dir / "pruned_quant_block4" / "weights" / "last.pt"
     return {"dense": dense, "pruned": pruned if pruned.is_file() else None, "quantized": quantized,
             "block4": block4 if block4.is_file() else None}

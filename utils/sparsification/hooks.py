@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 PHASES = ("dense", "pruned", "quantized", "pruned_quantized")
@@ -54,7 +54,11 @@ class Sparsifier:
         """
 
     def optimizer_built(self, model: nn.Module, optimizer: Optimizer, scaler: Any, steps_per_epoch: int,
-                        start_epoch: int, default_epochs: int) -> TrainingPlan:
+                        start_epoch: int, default_epochs: int, teacher: nn.Module | None = None) -> TrainingPlan:
+        """``teacher``: the frozen model the recipe's distillation modifiers distil from (``--teacher-weights``)."""
+        if teacher is not None:
+            raise ValueError("--teacher-weights needs a recipe with a distillation modifier (for example "
+                             "recipes/yolov5n.pruned_quant.yaml); without a recipe nothing would use the teacher")
         return TrainingPlan(epochs=default_epochs, owns_learning_rate=False, scaler=scaler)
 
     def epoch_start(self, epoch: int) -> EpochDirectives:
@@ -63,6 +67,10 @@ class Sparsifier:
     def phase_reached(self, epoch: int) -> str:
         """The phase the model is really in after ``epoch``'s steps (labels results.csv and best_<phase>.pt)."""
         return "dense"
+
+    def loss_computed(self, loss: Tensor, predictions: Any, images: Tensor, targets: Tensor) -> Tensor:
+        """The loss to back-propagate: the task loss, plus the recipe's distillation loss while distillation runs."""
+        return loss
 
     def skipped_step(self) -> None:
         """A batch ended without an optimizer step (gradient accumulation): keep the recipe's step count aligned."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from utils.sparsification.compat import apply_compat
@@ -334,11 +334,30 @@ def _build_manager(text: str, variables: dict[str, Any], source: str) -> Any:
     from sparseml.pytorch.optim import ScheduledModifierManager
 
     try:
-        return ScheduledModifierManager.from_yaml(text, recipe_variables=variables or None)
+        manager = ScheduledModifierManager.from_yaml(text, recipe_variables=variables or None)
     except yaml.YAMLError as error:  # after variable substitution; line numbers no longer match the file
         raise RecipeError(f"{source}: {str(error).splitlines()[0]}") from None
     except (TypeError, ValueError, KeyError, NameError, SyntaxError) as error:
         raise RecipeError(f"{source}: {type(error).__name__}: {error}") from None
+    _restore_numbers(manager)
+    return manager
+
+
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _restore_numbers(manager: Any) -> None:
+    """Numbers that came back from a serialized recipe as strings become numbers again.
+
+    SparseML writes 0.000001 as ``1e-06``, which PyYAML (YAML 1.1 wants a dot: ``1.0e-06``) reads back as a string;
+    modifiers that do not convert their arguments keep it (PerLayerDistillationModifier's ``epsilon`` then fails with
+    a TypeError at the first distillation step of a resumed run).
+    """
+    for modifier in manager.iter_modifiers():
+        for name in ("epsilon", "gain", "temperature", "hardness"):
+            value = getattr(modifier, name, None)
+            if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+                setattr(modifier, name, float(value))
 
 
 def _event_epochs(modifier: Any) -> dict[str, float]:
@@ -568,6 +587,46 @@ def check_recipe_against_model(manager: Any, model: nn.Module, source: str) -> N
         raise RecipeError(f"{source} does not fit this model:\n  " + "\n  ".join(problems))
 
 
+def check_distillation_schedule(manager: Any, model: nn.Module, source: str, quantized_base: bool = False) -> None:
+    """Distillation must end before quantization-aware training starts, and named layers must exist.
+
+    Per-layer distillation hooks the model's Conv2d layers; QAT replaces them with fused fake-quantized modules, so a
+    distillation window that overlaps QAT would silently compare stale features. (The NM recipes end it before QAT.)
+    """
+    distillers = list(manager.distillation_modifiers)
+    if not distillers:
+        return
+    problems = []
+    qat_starts = [float(m.start_epoch) for m in manager.quantization_modifiers]
+    module_names, _ = _module_names(model)
+    for modifier in distillers:
+        kind = type(modifier).__name__
+        end = float(modifier.end_epoch)
+        if quantized_base:
+            problems.append(f"{kind}: the checkpoint is already quantized (QAT); distil before quantization, e.g. "
+                            f"from the pruned checkpoint")
+        elif qat_starts and (end < 0 or end > min(qat_starts)):
+            problems.append(f"{kind} ends at epoch {'never (-1)' if end < 0 else _format_number(end)}, after QAT "
+                            f"starts at {_format_number(min(qat_starts))}; set its end_epoch to the QAT start "
+                            f"(e.g. end_epoch: eval(qat_start_epoch))")
+        for name in getattr(modifier, "student_layer_names", None) or []:
+            if name not in module_names:
+                problems.append(f"{kind} student layer '{name}' is not a module of this model; closest: "
+                                f"{', '.join(_closest(name, module_names))}")
+    if problems:
+        raise RecipeError(f"{source}: distillation does not fit this model or schedule:\n  " + "\n  ".join(problems))
+
+
+def _projection_state(modifier: Any) -> dict:
+    """Per-layer distillation's learned projections (1x1 convs from student to teacher features), on CPU."""
+    from sparseml.pytorch.sparsification.distillation import DISTILL_PARAM_GROUP_KEY
+
+    if not getattr(modifier, "_projection", None):
+        return {}
+    state = modifier.state_dict().get(DISTILL_PARAM_GROUP_KEY) or {}
+    return {name: {key: value.detach().cpu() for key, value in layer.items()} for name, layer in state.items()}
+
+
 def apply_model_defaults(manager: Any, model: nn.Module) -> list[str]:
     """Make every QuantizationModifier run on YOLOv5, including a bare one as in the SparseML YOLOv5 guide.
 
@@ -697,6 +756,7 @@ class RecipeSparsifier(Sparsifier):
         self._base_masks: dict[str, dict] = {}
         self._resume_state: dict | None = None
         self._constant_sparsity = False
+        self._distilling = False
         self._pre_update_epoch = -math.inf
         self._finalized_state: tuple[list[dict], dict[str, dict], float] | None = None
         self._snapshot_cache: tuple[tuple, tuple[list[dict], dict[str, dict], float]] | None = None
@@ -743,6 +803,7 @@ class RecipeSparsifier(Sparsifier):
         self._notes += apply_model_defaults(self._manager, module)
         self._stage_text = str(self._manager)
         check_recipe_against_model(self._manager, module, self.source)
+        check_distillation_schedule(self._manager, module, self.source, quantized_base="quantized" in self._base_phase)
         if not resume and stages:
             self._check_against_checkpoint(module, state)
         self._constant_sparsity = self._pruned_parameters_sparse(module)
@@ -753,11 +814,20 @@ class RecipeSparsifier(Sparsifier):
             self._notes.append(f"could not compose the staged recipe ({error}); stages are stored separately")
 
     def optimizer_built(self, model: nn.Module, optimizer: Optimizer, scaler: Any, steps_per_epoch: int,
-                        start_epoch: int, default_epochs: int) -> TrainingPlan:
-        """Attach the recipe to the optimizer; the returned ``plan.scaler`` advances the recipe at every step."""
+                        start_epoch: int, default_epochs: int, teacher: nn.Module | None = None) -> TrainingPlan:
+        """Attach the recipe to the optimizer; the returned ``plan.scaler`` advances the recipe at every step.
+
+        ``teacher`` goes to the recipe's distillation modifiers; without one they stay off (and the log says so).
+        """
         if self._model is None:
             self.model_built(model, None)
         module = self._model
+        distillers = sorted({type(m).__name__ for m in self._manager.distillation_modifiers})
+        if teacher is not None and not distillers:
+            raise RecipeError(f"--teacher-weights is set but {self.source} has no distillation modifier; add a "
+                              f"!PerLayerDistillationModifier (as recipes/yolov5n.pruned_quant.yaml does) or drop "
+                              f"--teacher-weights")
+        self._distilling = teacher is not None
         self._optimizer = optimizer
         self._steps_per_epoch = int(steps_per_epoch)
         self._start_epoch = int(start_epoch)
@@ -766,7 +836,8 @@ class RecipeSparsifier(Sparsifier):
             self._restore_schedule(resume)
         with _training_mode(module):
             self._wrapped = self._manager.modify(module, optimizer, self._steps_per_epoch, wrap_optim=scaler,
-                                                 epoch=float(start_epoch), loggers=_quiet_loggers())
+                                                 epoch=float(start_epoch), loggers=_quiet_loggers(),
+                                                 distillation_teacher=teacher if teacher is not None else "disable")
         if resume is not None:
             self._restore_masks(resume)
         epochs = recipe_epochs(self._manager)
@@ -777,6 +848,11 @@ class RecipeSparsifier(Sparsifier):
         else:
             notes.append(f"recipe sets {epochs} epochs")
         notes += self._unreachable_events(epochs)
+        if distillers and teacher is None:
+            notes.append(f"{', '.join(distillers)} off: no --teacher-weights (pass the dense checkpoint the run starts "
+                         f"from, or 'self', to distil)")
+        elif distillers:
+            notes.append(f"distillation ({', '.join(distillers)}) from the --teacher-weights model")
         owns_learning_rate = bool(self._manager.learning_rate_modifiers)
         if owns_learning_rate:
             kinds = sorted({type(m).__name__ for m in self._manager.learning_rate_modifiers})
@@ -815,6 +891,16 @@ class RecipeSparsifier(Sparsifier):
         if "quantized" in phase and not self.is_quantized:
             phase = "pruned" if "pruned" in phase else "dense"
         return phase
+
+    def loss_computed(self, loss: Tensor, predictions: Any, images: Tensor, targets: Tensor) -> Tensor:
+        """Add the distillation loss. The YOLOv5 loss is summed over the batch; SparseML's gains assume a mean."""
+        if not self._distilling or self._wrapped is None:
+            return loss
+        batch = images.shape[0]
+        total = self._manager.loss_update(loss / batch, self._model, self._optimizer, self._wrapped.wrapped_epoch,
+                                          self._steps_per_epoch, student_outputs=predictions, student_inputs=images,
+                                          student_labels=targets)
+        return total * batch
 
     def skipped_step(self) -> None:
         if self._wrapped is not None:
@@ -1029,6 +1115,9 @@ class RecipeSparsifier(Sparsifier):
             attributes = {key: (list(value) if isinstance(value, tuple) else value)
                           for key, value in vars(modifier).items() if key in _SCHEDULE_ATTRIBUTES and _plain(value)}
             entry: dict[str, Any] = {"type": type(modifier).__name__, "attributes": attributes}
+            projection = _projection_state(modifier)
+            if projection:
+                entry["projection"] = projection
             masks = [(name, mask.detach().ne(0).cpu()) for name, mask in self._pruning_masks(modifier)]
             if getattr(modifier, "module_masks", None) is not None:
                 entry["masks_enabled"] = bool(modifier.module_masks.enabled)
@@ -1063,6 +1152,11 @@ class RecipeSparsifier(Sparsifier):
         for modifier, saved in zip(self._manager.iter_modifiers(), self._saved_modifiers(state)):
             for key, value in saved["attributes"].items():
                 setattr(modifier, key, list(value) if isinstance(value, list) else value)
+            if saved.get("projection"):
+                from sparseml.pytorch.sparsification.distillation import DISTILL_PARAM_GROUP_KEY
+
+                # applied when the modifier creates its projections, at the first distillation step
+                modifier.load_state_dict({DISTILL_PARAM_GROUP_KEY: dict(saved["projection"])})
 
     def _restore_masks(self, state: dict) -> None:
         effective = state.get("masks") or {}
