@@ -30,18 +30,22 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
         "commands": {"accuracy": {"command": "python benchmarks.py --only accuracy", "date": "2026-11-28 00:58 UTC"}},
         "demo": {"seconds": 468.0, "epochs": 10, "phase": "pruned_quantized", "sparsity": 0.743, "map50": 0.077,
                  "map": 0.044},
-        "accuracy": {"data": "data/shapes_small.yaml", "imgsz": 224, "dense_epochs": 18, "finetune_epochs": 10,
-                     "dense_map50": 0.4, "dense_map": 0.25, "dense_best_epoch": 27, "dense_minutes": 18.0,
-                     "start_map": 0.2,
-                     "sparse": [{"name": "pruned_quant", "recipe_args": '{"num_epochs": 10}', "epochs": 10,
-                                 "phase": "pruned_quantized", "map50": 0.3, "map": 0.2, "sparsity": 0.832,
-                                 "recovery": 0.2 / 0.25, "minutes": 7.0, "phase_minutes": {"pruned": 5.8}}]},
+        "accuracy": {"data": "data/shapes_small.yaml", "imgsz": 224, "dense_epochs": 60, "finetune_epochs": 30,
+                     "optimizer": "AdamW", "finetune_args": {"num_epochs": 30, "init_lr": 0.001},
+                     "dense_map50": 0.5, "dense_map": 0.3, "dense_best_epoch": 59, "dense_minutes": 36.0,
+                     "control_map50": 0.52, "control_map": 0.32, "control_minutes": 20.0, "baseline": "control",
+                     "baseline_map": 0.32,
+                     "sparse": [{"name": "pruned_quant_distill", "recipe_args": "", "teacher": True, "epochs": 30,
+                                 "phase": "pruned_quantized", "map50": 0.5, "map": 0.3168, "sparsity": 0.832,
+                                 "recovery": 0.3168 / 0.32, "minutes": 25.0, "phase_minutes": {"pruned": 23.0}}]},
         "runtime": runtime_section(),
     }
     text = benchmarks.render_markdown(results)
     assert "- accuracy: `python benchmarks.py --only accuracy`, 2026-11-28 00:58 UTC" in text
     assert "7.8 min for train (10 epochs)" in text and "mAP@0.5 0.077" in text
-    assert "| pruned_quant | `{\"num_epochs\": 10}` | 0.300 | 0.200 | 0.832 | 80.0% |" in text
+    assert "| dense + fine-tune (control) | | | 0.520 | 0.320 | 0 | 100.0% | 20 |" in text
+    assert "| dense | | | 0.500 | 0.300 | 0 | 93.8% | 36 |" in text  # the control is the better dense model
+    assert "| pruned_quant_distill | dense best.pt |  | 0.500 | 0.317 | 0.832 | 99.0% | 25 ({'pruned': 23.0}) |" in text
     assert "| yolov5s | 640 | pruned 4-block INT8 integer | deepsparse | 35.0 |" in text
     assert "- yolov5s 640: pruned 4-block INT8 integer in deepsparse, 2.86x ORT dense FP32; best onnxruntime INT8: " \
            "pruned INT8 qdq 1.56x" in text
@@ -54,3 +58,21 @@ def test_best_of_uses_yolov5_fitness_within_a_phase() -> None:
     assert benchmarks.best_of(rows) is rows[0]
     # 0.1 * 0.6 + 0.9 * 0.28 = 0.312 > 0.1 * 0.2 + 0.9 * 0.3 = 0.29
     assert benchmarks.best_of(rows, "pruned_quantized") is rows[2]
+
+
+def test_a_finished_dense_run_of_the_same_settings_is_reused(tmp_path, monkeypatch) -> None:
+    import yaml
+
+    run_dir = tmp_path / "dense"
+    (run_dir / "weights").mkdir(parents=True)
+    (run_dir / "weights" / "best.pt").write_bytes(b"x")
+    (run_dir / "opt.yaml").write_text(yaml.safe_dump({"epochs": 3, "optimizer": "AdamW", "imgsz": 224,
+                                                      "data": "data/shapes_small.yaml", "cfg": "yolov5n.yaml",
+                                                      "hyp": "data/hyps/hyp.short.yaml"}))
+    (run_dir / "results.csv").write_text("epoch,phase\n0,dense\n1,dense\n2,dense\n")
+    commands = []
+    monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
+    common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
+    assert benchmarks.dense_run(tmp_path, 3, common) == run_dir and commands == []
+    benchmarks.dense_run(tmp_path, 4, common)  # another length: trained again
+    assert commands and "--epochs" in commands[0] and commands[0][commands[0].index("--epochs") + 1] == "4"
