@@ -141,14 +141,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--line-thickness", default=3, type=int, help="bounding box thickness (pixels)")
     parser.add_argument("--hide-labels", action="store_true", help="hide labels")
     parser.add_argument("--hide-conf", action="store_true", help="hide confidences")
-    parser.add_argument("--runtime", choices=("onnxruntime", "deepsparse"), default=None,
-                        help="runtime for .onnx weights (default: deepsparse if installed, else onnxruntime)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="for .onnx: onnxruntime intra-op threads / DeepSparse cores (default: every core; "
-                             "use fewer on a machine other jobs share)")
+    from utils.inference import add_runtime_arguments
+
+    add_runtime_arguments(parser)
     opt = parser.parse_args(argv)
-    if opt.threads is not None and opt.threads < 1:
-        parser.error("--threads must be at least 1")
     if not Path(opt.weights).is_file():
         parser.error(f"--weights {opt.weights} not found")
     if Path(opt.weights).suffix.lower() not in (".pt", ".onnx"):

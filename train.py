@@ -423,6 +423,9 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     model.names = names
     sparsifier.model_built(model, (source_checkpoint or {}).get("sparsification") or None,
                            resume=resume_checkpoint is not None)
+    teacher = load_teacher(opt.teacher_weights, model, device)  # before layers freeze: 'self' copies the model
+    if teacher is not None and resume_checkpoint and opt.teacher_weights == SELF_TEACHER:
+        LOGGER.info("--teacher-weights self: the teacher is the model as resumed, not as the run first started")
     freeze_layers(model, opt.freeze)
     LOGGER.info(model.info())
 
@@ -465,9 +468,6 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     if resume_checkpoint:
         state = restore_run_state(resume_checkpoint, optimizer, scaler, ema, model)
         ema = ema if state.ema_enabled else None
-    teacher = load_teacher(opt.teacher_weights, unwrap(model), device)
-    if teacher is not None and resume_checkpoint and opt.teacher_weights == SELF_TEACHER:
-        LOGGER.info("--teacher-weights self: the teacher is the model as resumed, not as the run first started")
     plan = sparsifier.optimizer_built(unwrap(model), optimizer, scaler, steps_per_epoch=len(train_loader),
                                       start_epoch=state.start_epoch, default_epochs=default_epochs, teacher=teacher)
     scaler, epochs = plan.scaler, plan.epochs

@@ -51,13 +51,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="exp", help="save to project/name")
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
-    parser.add_argument("--runtime", default=None, choices=["onnxruntime", "deepsparse"], help="runtime for .onnx")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="for .onnx: onnxruntime intra-op threads / DeepSparse cores (default: every core; "
-                             "use fewer on a machine other jobs share)")
+    from utils.inference import add_runtime_arguments
+
+    add_runtime_arguments(parser)
     opt = parser.parse_args(argv)
-    if opt.threads is not None and opt.threads < 1:
-        parser.error("--threads must be at least 1")
     return opt
 
 

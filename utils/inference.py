@@ -9,6 +9,7 @@ need no backend-specific code.
 from __future__ import annotations
 
 import abc
+import argparse
 import ast
 import importlib.util
 import logging
@@ -142,6 +143,22 @@ def _static_shape(shape: list) -> tuple[int | None, tuple[int, int] | None]:
     height, width = shape[2], shape[3]
     fixed = isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0
     return batch, ((height, width) if fixed else None)
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--runtime`` and ``--threads``, which val.py and detect.py take alike for .onnx weights."""
+    parser.add_argument("--runtime", choices=("onnxruntime", "deepsparse"), default=None,
+                        help="runtime for .onnx weights (default: deepsparse if installed, else onnxruntime)")
+    parser.add_argument("--threads", type=_at_least_one, default=None,
+                        help="for .onnx: onnxruntime intra-op threads / DeepSparse cores (default: every core; "
+                             "use fewer on a machine other jobs share)")
 
 
 def cpu_cores() -> int:
