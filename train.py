@@ -277,7 +277,8 @@ def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimize
         with torch.autocast(device_type=device.type, enabled=state.amp_enabled):
             predictions = model(images)
             loss, loss_items = compute_loss(predictions, targets.to(device))
-            loss = sparsifier.loss_computed(loss, predictions, images, targets)
+        # distillation outside autocast: the teacher runs and the feature errors are squared in float32
+        loss = sparsifier.loss_computed(loss, predictions, images, targets)
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss at epoch {epoch}, batch {i} ({loss_items.tolist()}); stopping "
                                 f"before any NaN weights are saved. Lower the learning rate (--hyp) or check labels.")
