@@ -333,25 +333,26 @@ def render_markdown(results: dict) -> str:
         args = ", ".join(f"{k} {v}" for k, v in a["finetune_args"].items())
         lines += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a['data']}`, {a['imgsz']} px)", "",
                   f"Dense: {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`; "
-                  f"{a['dense_minutes']:.0f} min), best epoch {a['dense_best_epoch']}. From its best.pt, three "
-                  f"fine-tunes of {a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of "
-                  f"`{FINETUNE_RECIPE}` ({args}): the control (that schedule alone: dense, no quantization), and the "
-                  "recipe itself (GMP, fine-tune, QAT), with and without distillation from the dense best.pt "
-                  "(`--teacher-weights`). Recovery = sparse mAP@0.5:0.95 / the better dense model "
+                  f"{a['dense_minutes']:.0f} min), best epoch {a['dense_best_epoch']}. From its best.pt, fine-tunes of "
+                  f"{a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of `{FINETUNE_RECIPE}` "
+                  f"({args}): the control (that schedule alone: dense, no quantization), and the recipe itself (GMP, "
+                  "fine-tune, QAT; the teacher column: distilling from the dense best.pt with `--teacher-weights`). "
+                  "Recovery = sparse mAP@0.5:0.95 / the better dense model "
                   f"(here the {a['baseline']}: {a['baseline_map']:.3f}), so the dense side gets every epoch the "
                   "sparse side gets. Sparse rows: the best epoch of the final (pruned_quantized) phase, i.e. "
                   "`best_pruned_quantized.pt`.", "",
                   "| model | teacher | recipe args | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery "
-                  "(mAP@0.5:0.95) | minutes (per phase) |",
-                  "|---|---|---|---|---|---|---|---|",
+                  "(mAP@0.5:0.95) | of the dense best.pt it starts from | minutes (per phase) |",
+                  "|---|---|---|---|---|---|---|---|---|",
                   f"| dense | | | {a['dense_map50']:.3f} | {a['dense_map']:.3f} | 0 | "
-                  f"{100 * a['dense_map'] / a['baseline_map']:.1f}% | {a['dense_minutes']:.0f} |",
+                  f"{100 * a['dense_map'] / a['baseline_map']:.1f}% | 100% | {a['dense_minutes']:.0f} |",
                   f"| dense + fine-tune (control) | | | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
-                  f"{100 * a['control_map'] / a['baseline_map']:.1f}% | {a['control_minutes']:.0f} |"]
+                  f"{100 * a['control_map'] / a['baseline_map']:.1f}% | "
+                  f"{100 * a['control_map'] / a['dense_map']:.1f}% | {a['control_minutes']:.0f} |"]
         lines += [f"| {r['name']} | {'dense best.pt' if r['teacher'] else ''} | "
                   f"{'`' + r['recipe_args'] + '`' if r['recipe_args'] else ''} | {r['map50']:.3f} | {r['map']:.3f} | "
-                  f"{r['sparsity']:.3f} | {100 * r['recovery']:.1f}% | {r['minutes']:.0f} ({r['phase_minutes']}) |"
-                  for r in a["sparse"]]
+                  f"{r['sparsity']:.3f} | {100 * r['recovery']:.1f}% | {100 * r['map'] / a['dense_map']:.1f}% | "
+                  f"{r['minutes']:.0f} ({r['phase_minutes']}) |" for r in a["sparse"]]
         lines.append("")
     if isinstance(results.get("runtime"), dict):  # older results.json files hold a list: skipped
         from utils.runtime_benchmark import markdown
