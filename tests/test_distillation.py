@@ -111,17 +111,23 @@ def test_teacher_without_a_recipe_is_refused():
         run_loop(sparsifier, model, teacher=load_teacher("self", model, torch.device("cpu")))
 
 
+def refused_with_a_teacher(recipe: str, message: str) -> None:
+    sparsifier, model = start(recipe)
+    with pytest.raises(RecipeError, match=message):
+        run_loop(sparsifier, model, teacher=load_teacher("self", model, torch.device("cpu")))
+    assert sparsifier.manager.initialized is False  # refused before SparseML touched the model
+
+
 def test_distillation_overlapping_qat_is_refused_before_training():
-    with pytest.raises(RecipeError, match=r"PerLayerDistillationModifier ends at epoch 5, after QAT starts at 3; set "
-                                          r"its end_epoch to the QAT start"):
-        start(distilling(**{"end_epoch: eval(qat_start_epoch)\n    gain": "end_epoch: 5\n    gain"}))
+    refused_with_a_teacher(distilling(**{"end_epoch: eval(qat_start_epoch)\n    gain": "end_epoch: 5\n    gain"}),
+                           r"PerLayerDistillationModifier ends at epoch 5, after QAT starts at 3; set its end_epoch "
+                           r"to the QAT start")
 
 
 def test_distilled_layer_names_must_exist():
-    recipe = distilling(**{"    gain: 0.01\n": "    gain: 0.01\n    student_layer_names: ['model.2.cv1.conv2']\n"})
-    with pytest.raises(RecipeError, match=r"student layer 'model.2.cv1.conv2' is not a module of this model; "
-                                          r"closest: model.2.cv1.conv"):
-        start(recipe)
+    refused_with_a_teacher(
+        distilling(**{"    gain: 0.01\n": "    gain: 0.01\n    student_layer_names: ['model.2.cv1.conv2']\n"}),
+        r"student layer 'model.2.cv1.conv2' is not a module of this model; closest: model.2.cv1.conv")
 
 
 def test_teacher_of_other_classes_is_refused(official_fixture_dir):

@@ -803,7 +803,6 @@ class RecipeSparsifier(Sparsifier):
         self._notes += apply_model_defaults(self._manager, module)
         self._stage_text = str(self._manager)
         check_recipe_against_model(self._manager, module, self.source)
-        check_distillation_schedule(self._manager, module, self.source, quantized_base="quantized" in self._base_phase)
         if not resume and stages:
             self._check_against_checkpoint(module, state)
         self._constant_sparsity = self._pruned_parameters_sparse(module)
@@ -827,6 +826,9 @@ class RecipeSparsifier(Sparsifier):
             raise RecipeError(f"--teacher-weights is set but {self.source} has no distillation modifier; add a "
                               f"!PerLayerDistillationModifier (as recipes/yolov5n.pruned_quant.yaml does) or drop "
                               f"--teacher-weights")
+        if teacher is not None:  # without a teacher the modifiers stay off: nothing to check
+            check_distillation_schedule(self._manager, module, self.source,
+                                        quantized_base="quantized" in self._base_phase)
         self._distilling = teacher is not None
         self._optimizer = optimizer
         self._steps_per_epoch = int(steps_per_epoch)
