@@ -223,7 +223,9 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     project.mkdir(parents=True, exist_ok=True)
     common = ["--data", data, "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
               "--project", str(project), "--exist-ok", "--noplots"]
+    started = time.time()
     dense_dir = dense_run(project, epochs, common)
+    trained_now = (dense_dir / "opt.yaml").stat().st_mtime >= started
     dense_rows = read_results(dense_dir)
     start = dense_dir / "weights" / "best.pt"
     dense = best_of(dense_rows)
@@ -240,6 +242,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
               "optimizer": "AdamW", "finetune_args": lr_args,
               "dense_map50": float(dense["metrics/mAP_0.5"]), "dense_map": float(dense["metrics/mAP_0.5:0.95"]),
               "dense_best_epoch": int(dense["epoch"]), "dense_minutes": run_minutes(dense_dir),
+              "dense_reused": not trained_now,
               "control_map50": float(control["metrics/mAP_0.5"]), "control_map": float(control["metrics/mAP_0.5:0.95"]),
               "control_minutes": run_minutes(project / "control"),
               "baseline": "control" if baseline is control else "dense",
@@ -331,13 +334,14 @@ def render_markdown(results: dict) -> str:
     if "accuracy" in results and "control_map" in results["accuracy"]:  # older results.json files: skipped
         a = results["accuracy"]
         args = ", ".join(f"{k} {v}" for k, v in a["finetune_args"].items())
+        reused = "; an earlier run of the same settings, reused" if a.get("dense_reused") else ""
         lines += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a['data']}`, {a['imgsz']} px)", "",
                   f"Dense: {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`; "
-                  f"{a['dense_minutes']:.0f} min), best epoch {a['dense_best_epoch']}. From its best.pt, fine-tunes of "
-                  f"{a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of `{FINETUNE_RECIPE}` "
-                  f"({args}): the control (that schedule alone: dense, no quantization), and the recipe itself (GMP, "
-                  "fine-tune, QAT; the teacher column: distilling from the dense best.pt with `--teacher-weights`). "
-                  "Recovery = sparse mAP@0.5:0.95 / the better dense model "
+                  f"{a['dense_minutes']:.0f} min{reused}), best epoch {a['dense_best_epoch']}. From its best.pt, "
+                  f"fine-tunes of {a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of "
+                  f"`{FINETUNE_RECIPE}` ({args}): the control (that schedule alone: dense, no quantization), and "
+                  "the recipe itself (GMP, fine-tune, QAT; the teacher column: distilling from the dense best.pt "
+                  "with `--teacher-weights`). Recovery = sparse mAP@0.5:0.95 / the better dense model "
                   f"(here the {a['baseline']}: {a['baseline_map']:.3f}), so the dense side gets every epoch the "
                   "sparse side gets. Sparse rows: the best epoch of the final (pruned_quantized) phase, i.e. "
                   "`best_pruned_quantized.pt`.", "",

@@ -33,6 +33,7 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
         "accuracy": {"data": "data/shapes_small.yaml", "imgsz": 224, "dense_epochs": 60, "finetune_epochs": 30,
                      "optimizer": "AdamW", "finetune_args": {"num_epochs": 30, "init_lr": 0.001},
                      "dense_map50": 0.5, "dense_map": 0.3, "dense_best_epoch": 59, "dense_minutes": 36.0,
+                     "dense_reused": True,
                      "control_map50": 0.52, "control_map": 0.32, "control_minutes": 20.0, "baseline": "control",
                      "baseline_map": 0.32,
                      "sparse": [{"name": "pruned_quant_distill", "recipe_args": "", "teacher": True, "epochs": 30,
@@ -43,6 +44,7 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
     text = benchmarks.render_markdown(results)
     assert "- accuracy: `python benchmarks.py --only accuracy`, 2026-11-28 00:58 UTC" in text
     assert "7.8 min for train (10 epochs)" in text and "mAP@0.5 0.077" in text
+    assert "(AdamW, `data/hyps/hyp.short.yaml`; 36 min; an earlier run of the same settings, reused)" in text
     assert "| dense + fine-tune (control) | | | 0.520 | 0.320 | 0 | 100.0% | 106.7% | 20 |" in text
     assert "| dense | | | 0.500 | 0.300 | 0 | 93.8% | 100% | 36 |" in text  # the control is the better dense model
     assert ("| pruned_quant_distill | dense best.pt |  | 0.500 | 0.317 | 0.832 | 99.0% | 105.6% | "
