@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from utils.sparsification.compat import apply_compat
+from utils.sparsification.export import has_quantization
 from utils.sparsification.hooks import EpochDirectives, Sparsifier, TrainingPlan
 
 LOGGER = logging.getLogger(__name__)
@@ -495,12 +496,6 @@ def _module_names(model: nn.Module) -> tuple[list[str], set[str]]:
     return sorted(names | canonical), types
 
 
-def _has_fake_quant(model: nn.Module) -> bool:
-    from torch.ao.quantization import FakeQuantizeBase
-
-    return any(isinstance(module, FakeQuantizeBase) for module in model.modules())
-
-
 def _pack_mask(mask: torch.Tensor) -> dict:
     """A mask as bits (8 per byte): pruning masks of yolov5x would otherwise add 86 MB to every checkpoint."""
     flat = mask.detach().reshape(-1).ne(0).cpu()
@@ -685,7 +680,7 @@ def restore_structure(model: nn.Module, state: dict) -> None:
         apply_model_defaults(manager, module)
         with _training_mode(module):
             manager.apply_structure(module, epoch=float(stage["applied_epoch"]), loggers=_quiet_loggers())
-    if bool(state.get("is_quantized")) != _has_fake_quant(module):
+    if bool(state.get("is_quantized")) != has_quantization(module):
         raise RecipeError(f"checkpoint records is_quantized={state.get('is_quantized')} but its recipe "
                           f"{'did not rebuild' if state.get('is_quantized') else 'rebuilt'} a quantized model; "
                           f"the checkpoint's sparsification state is inconsistent")
@@ -770,7 +765,7 @@ class RecipeSparsifier(Sparsifier):
 
     @property
     def is_quantized(self) -> bool:
-        return self._model is not None and _has_fake_quant(self._model)
+        return self._model is not None and has_quantization(self._model)
 
     # ------------------------------------------------------------------------------------------- hooks
     def model_built(self, model: nn.Module, checkpoint_state: dict | None, resume: bool = False) -> None:

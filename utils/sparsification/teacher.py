@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from utils.checkpoint import CheckpointError
+from utils.sparsification.export import has_quantization
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,12 +31,6 @@ def _freeze(teacher: nn.Module, device: torch.device) -> nn.Module:
         if hasattr(module, "raw_outputs"):
             module.raw_outputs = True
     return teacher
-
-
-def _is_quantized(model: nn.Module) -> bool:
-    from torch.ao.quantization import FakeQuantizeBase
-
-    return any(isinstance(module, FakeQuantizeBase) for module in model.modules())
 
 
 def load_teacher(spec: str | None, student: nn.Module, device: torch.device) -> nn.Module | None:
@@ -60,7 +55,7 @@ def load_teacher(spec: str | None, student: nn.Module, device: torch.device) -> 
         raise CheckpointError(f"--teacher-weights {spec}: the teacher predicts {teacher.nc} classes and the model "
                               f"being trained {student.nc}; use a teacher trained on the same dataset (for example "
                               f"the dense run's best.pt)")
-    if _is_quantized(teacher):
+    if has_quantization(teacher):
         raise CheckpointError(f"--teacher-weights {spec} is a quantization-aware (QAT) checkpoint; distil from a float "
                               f"model instead: the dense run's best.pt, or best_pruned.pt of a pruning run")
     LOGGER.info("distillation teacher: %s (%d parameters)", spec, sum(p.numel() for p in teacher.parameters()))
