@@ -190,14 +190,15 @@ def run_minutes(run_dir: Path) -> float:
     return ((run_dir / "weights" / "last.pt").stat().st_mtime - (run_dir / "opt.yaml").stat().st_mtime) / 60
 
 
-def dense_run(project: Path, epochs: int, common: list[str]) -> Path:
+def dense_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool]:
     """Train the dense model, or reuse a finished run of the same settings (a rerun then trains only the
-    fine-tunes)."""
+    fine-tunes). Returns the run folder and whether it was reused."""
     import yaml
 
     run_dir = project / "dense"
-    expected = {"epochs": epochs, "optimizer": "AdamW", "imgsz": int(common[common.index("--imgsz") + 1]),
-                "data": common[common.index("--data") + 1], "hyp": "data/hyps/hyp.short.yaml", "cfg": "yolov5n.yaml"}
+    flags = dict(zip(DENSE_ARGS[::2], DENSE_ARGS[1::2]))
+    expected = {"epochs": epochs, "optimizer": flags["--optimizer"], "hyp": flags["--hyp"], "cfg": flags["--cfg"],
+                "imgsz": int(common[common.index("--imgsz") + 1]), "data": common[common.index("--data") + 1]}
     try:
         saved = yaml.safe_load((run_dir / "opt.yaml").read_text(encoding="utf-8"))
         done = len(read_results(run_dir)) == epochs and (run_dir / "weights" / "best.pt").is_file()
@@ -205,9 +206,9 @@ def dense_run(project: Path, epochs: int, common: list[str]) -> Path:
         saved, done = {}, False
     if done and all(saved.get(key) == value for key, value in expected.items()):
         print(f"reusing the finished dense run {run_dir} ({epochs} epochs, same settings)", flush=True)
-        return run_dir
+        return run_dir, True
     run_command(["train.py", *DENSE_ARGS, "--epochs", str(epochs), "--name", "dense", *common])
-    return run_dir
+    return run_dir, False
 
 
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = "data/shapes.yaml",
@@ -223,9 +224,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     project.mkdir(parents=True, exist_ok=True)
     common = ["--data", data, "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
               "--project", str(project), "--exist-ok", "--noplots"]
-    started = time.time()
-    dense_dir = dense_run(project, epochs, common)
-    trained_now = (dense_dir / "opt.yaml").stat().st_mtime >= started
+    dense_dir, reused = dense_run(project, epochs, common)
     dense_rows = read_results(dense_dir)
     start = dense_dir / "weights" / "best.pt"
     dense = best_of(dense_rows)
@@ -242,7 +241,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
               "optimizer": "AdamW", "finetune_args": lr_args,
               "dense_map50": float(dense["metrics/mAP_0.5"]), "dense_map": float(dense["metrics/mAP_0.5:0.95"]),
               "dense_best_epoch": int(dense["epoch"]), "dense_minutes": run_minutes(dense_dir),
-              "dense_reused": not trained_now,
+              "dense_reused": reused,
               "control_map50": float(control["metrics/mAP_0.5"]), "control_map": float(control["metrics/mAP_0.5:0.95"]),
               "control_minutes": run_minutes(project / "control"),
               "baseline": "control" if baseline is control else "dense",

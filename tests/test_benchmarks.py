@@ -76,6 +76,6 @@ def test_a_finished_dense_run_of_the_same_settings_is_reused(tmp_path, monkeypat
     commands = []
     monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
     common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
-    assert benchmarks.dense_run(tmp_path, 3, common) == run_dir and commands == []
-    benchmarks.dense_run(tmp_path, 4, common)  # another length: trained again
+    assert benchmarks.dense_run(tmp_path, 3, common) == (run_dir, True) and commands == []
+    assert benchmarks.dense_run(tmp_path, 4, common) == (run_dir, False)  # another length: trained again
     assert commands and "--epochs" in commands[0] and commands[0][commands[0].index("--epochs") + 1] == "4"
