@@ -56,7 +56,7 @@ from utils.optim import build_optimizer, lr_lambda  # noqa: E402
 from utils.runs import increment_path  # noqa: E402
 from utils.sparsification import Sparsifier, create_sparsifier, restore_structure  # noqa: E402
 from utils.sparsification.teacher import SELF as SELF_TEACHER  # noqa: E402
-from utils.sparsification.teacher import load_teacher  # noqa: E402
+from utils.sparsification.teacher import load_teacher, save_teacher  # noqa: E402
 from utils.sparsification.zoo import ZooUnavailableError  # noqa: E402
 from utils.weights import convert_official, intersect_state_dicts, read_weights_file  # noqa: E402
 
@@ -162,6 +162,12 @@ def resolve_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------- setup
+def write_options(save_dir: Path, opt: argparse.Namespace) -> None:
+    """The run's options as ``opt.yaml`` (what the user passed, with the values the run resolved)."""
+    with open(save_dir / "opt.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}, f, sort_keys=False)
+
+
 @dataclass
 class RunState:
     """Everything that changes during a run and must survive a resume."""
@@ -407,9 +413,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
         with open(save_dir / "hyp.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(hyp, f, sort_keys=False)
-        with open(save_dir / "opt.yaml", "w", encoding="utf-8") as f:
-            yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}, f,
-                           sort_keys=False)
+        write_options(save_dir, opt)
         logging.getLogger().addHandler(logging.FileHandler(save_dir / "train.log", encoding="utf-8"))
 
     data = check_dataset(opt.data, require_train=True)
@@ -425,8 +429,15 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     sparsifier.model_built(model, (source_checkpoint or {}).get("sparsification") or None,
                            resume=resume_checkpoint is not None)
     teacher = load_teacher(opt.teacher_weights, model, device)  # before layers freeze: 'self' copies the model
-    if teacher is not None and resume_checkpoint and opt.teacher_weights == SELF_TEACHER:
-        LOGGER.info("--teacher-weights self: the teacher is the model as resumed, not as the run first started")
+    if teacher is not None and opt.teacher_weights == SELF_TEACHER:
+        if resume_checkpoint:  # a run of an older version, which did not keep its 'self' teacher
+            LOGGER.info("--teacher-weights self: the teacher is the model as resumed, not as the run first started")
+        else:  # kept, and named in the run's options, so that --resume distils from the same teacher
+            opt.teacher_weights = str(save_dir / "weights" / "teacher.pt")
+            if context.is_main:
+                save_teacher(teacher, names, opt.teacher_weights)
+                write_options(save_dir, opt)
+                LOGGER.info("--teacher-weights self: the starting model is kept as %s", opt.teacher_weights)
     freeze_layers(model, opt.freeze)
     LOGGER.info(model.info())
 

@@ -160,3 +160,32 @@ def test_train_py_distils_from_the_dense_checkpoint_it_fine_tunes(tmp_path, shap
     metrics, _, _ = val.run(data=str(shapes_dataset), weights=str(tmp_path / "runs" / "sparse" / "weights" / "last.pt"),
                             imgsz=64, batch_size=4, project=str(tmp_path / "val"), plots=False)
     assert len(metrics) == 7
+
+
+@pytest.mark.slow
+def test_a_resumed_self_distilled_run_ends_as_the_uninterrupted_one(tmp_path, shapes_dataset):
+    import shutil
+
+    import train
+    from utils.checkpoint import load_checkpoint
+
+    common = {"data": str(shapes_dataset), "imgsz": 64, "batch_size": 4, "workers": 0, "noplots": True,
+              "project": str(tmp_path / "runs")}
+    train.run(cfg="yolov5n.yaml", weights="", epochs=1, name="dense", **common)
+    dense = load_checkpoint(tmp_path / "runs" / "dense" / "weights" / "last.pt")
+    train.run(weights=str(tmp_path / "runs" / "dense" / "weights" / "last.pt"), teacher_weights="self", name="sparse",
+              save_period=1, sparsification_recipe=str(train.ROOT / "recipes" / "yolov5n.pruned_quant.yaml"),
+              recipe_args='{"num_epochs": 3, "quantization_epochs": 1}', **common)
+    weights = tmp_path / "runs" / "sparse" / "weights"
+    kept = load_checkpoint(weights / "teacher.pt")  # the starting model, not a copy made at resume time
+    for name, value in (dense["ema"] or dense["model"]).items():
+        assert torch.equal(kept["model"][name], value), name
+    uninterrupted = load_checkpoint(weights / "last.pt")
+    assert uninterrupted["options"]["teacher_weights"] == str(weights / "teacher.pt")
+
+    shutil.copy(weights / "epoch0.pt", weights / "last.pt")  # the run died after its first (pruning) epoch
+    train.run(resume=str(weights / "last.pt"))
+    resumed = load_checkpoint(weights / "last.pt")
+    assert resumed["epoch"] == uninterrupted["epoch"] == 2
+    for name, value in uninterrupted["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, build_checkpoint, float_state_dict, save_checkpoint
 from utils.sparsification.export import has_quantization
 
 LOGGER = logging.getLogger(__name__)
@@ -60,3 +61,14 @@ def load_teacher(spec: str | None, student: nn.Module, device: torch.device) -> 
                               f"model instead: the dense run's best.pt, or best_pruned.pt of a pruning run")
     LOGGER.info("distillation teacher: %s (%d parameters)", spec, sum(p.numel() for p in teacher.parameters()))
     return _freeze(teacher, device)
+
+
+def save_teacher(teacher: nn.Module, names: list[str], path: str | Path) -> Path:
+    """Write a ``self`` teacher as a checkpoint, so that ``--resume`` distils from the model the run started from.
+
+    Without it a resumed run would copy the model as resumed (already partly pruned) and train towards it.
+    """
+    return save_checkpoint(build_checkpoint(
+        model_yaml=teacher.yaml, names=names, model_state=float_state_dict(teacher), ema_state=None, ema_updates=0,
+        optimizer_state=None, scaler_state=None, epoch=-1, best_fitness=0.0, phase_best_fitness={}, options={},
+        hyp={}, sparsification={}, final=True), path)
