@@ -219,13 +219,13 @@ def test_mask_type_variable_prunes_blocks_of_four_input_channels(recipe: str, ma
         model = DetectionModel("yolov5n.yaml")
         manager = load_recipe(str(RECIPES_DIR / recipe), {"mask_type": mask_type} if mask_type else None)[0]
         manager_class(_pruning(manager)).apply(model, loggers=quiet)
-        weight = model.model[6].m[0].cv2.conv.weight  # an inner (P4) 3x3 conv
+        weight = model.model[8].m[0].cv2.conv.weight  # a heavy (P5) 3x3 conv
         out_channels, in_channels, height, width = weight.shape
         return (weight == 0).reshape(out_channels, in_channels // 4, 4, height, width)
 
     blocks = zero_blocks([1, 4])
     assert (blocks.all(dim=2) == blocks.any(dim=2)).all()  # each block of 4 is all zero or all kept
-    assert blocks.float().mean() == pytest.approx(0.85, abs=0.01)  # the inner layers' final sparsity
+    assert blocks.float().mean() == pytest.approx(0.88, abs=0.01)  # the heavy layers' final sparsity
     unstructured = zero_blocks(None)
     assert (unstructured.all(dim=2) != unstructured.any(dim=2)).any()
-    assert unstructured.float().mean() == pytest.approx(0.85, abs=0.01)
+    assert unstructured.float().mean() == pytest.approx(0.88, abs=0.01)
