@@ -33,7 +33,8 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
         "accuracy": {"data": "data/shapes_small.yaml", "imgsz": 224, "dense_epochs": 60, "finetune_epochs": 30,
                      "optimizer": "AdamW", "finetune_args": {"num_epochs": 30, "init_lr": 0.001},
                      "dense_map50": 0.5, "dense_map": 0.3, "dense_best_epoch": 59, "dense_minutes": 36.0,
-                     "dense_reused": True,
+                     "dense_reused": True, "continue_args": {"init_lr": 0.001},
+                     "start_map50": 0.51, "start_map": 0.31, "start_minutes": 18.0, "start_reused": False,
                      "control_map50": 0.52, "control_map": 0.32, "control_minutes": 20.0, "baseline": "control",
                      "baseline_map": 0.32,
                      "sparse": [{"name": "pruned_quant_distill", "recipe_args": "", "teacher": True, "epochs": 30,
@@ -45,9 +46,11 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
     assert "- accuracy: `python benchmarks.py --only accuracy`, 2026-11-28 00:58 UTC" in text
     assert "7.8 min for train (10 epochs)" in text and "mAP@0.5 0.077" in text
     assert "(AdamW, `data/hyps/hyp.short.yaml`; 36 min; an earlier run of the same settings, reused)" in text
-    assert "| dense + fine-tune (control) | | | 0.520 | 0.320 | 0 | 100.0% | 106.7% | 20 |" in text
-    assert "| dense | | | 0.500 | 0.300 | 0 | 93.8% | 100% | 36 |" in text  # the control is the better dense model
-    assert ("| pruned_quant_distill | dense best.pt |  | 0.500 | 0.317 | 0.832 | 99.0% | 105.6% | "
+    assert "then continued 30 epochs from its best.pt at a decaying learning rate (init_lr 0.001; 18 min)" in text
+    assert "| start + fine-tune (control) | | | 0.520 | 0.320 | 0 | 100.0% | 103.2% | 20 |" in text
+    assert "| dense, from scratch | | | 0.500 | 0.300 | 0 | 93.8% | 96.8% | 36 |" in text
+    assert "| dense, continued (the start) | | | 0.510 | 0.310 | 0 | 96.9% | 100% | 18 |" in text  # control is better
+    assert ("| pruned_quant_distill | the start |  | 0.500 | 0.317 | 0.832 | 99.0% | 102.2% | "
             "25 ({'pruned': 23.0}) |") in text
     assert "| yolov5s | 640 | pruned 4-block INT8 integer | deepsparse | 35.0 |" in text
     assert "- yolov5s 640: pruned 4-block INT8 integer in deepsparse, 2.86x ORT dense FP32; best onnxruntime INT8: " \
@@ -79,3 +82,25 @@ def test_a_finished_dense_run_of_the_same_settings_is_reused(tmp_path, monkeypat
     assert benchmarks.dense_run(tmp_path, 3, common) == (run_dir, True) and commands == []
     assert benchmarks.dense_run(tmp_path, 4, common) == (run_dir, False)  # another length: trained again
     assert commands and "--epochs" in commands[0] and commands[0][commands[0].index("--epochs") + 1] == "4"
+
+
+def test_the_continued_dense_run_is_reused_only_with_the_same_start_and_recipe_args(tmp_path, monkeypatch) -> None:
+    import json
+
+    import yaml
+
+    start = tmp_path / "dense" / "weights" / "best.pt"
+    run_dir = tmp_path / "dense_continued"
+    (run_dir / "weights").mkdir(parents=True)
+    (run_dir / "weights" / "best.pt").write_bytes(b"x")
+    args = {"num_epochs": 2, **benchmarks.DENSE_CONTINUE_ARGS}
+    (run_dir / "opt.yaml").write_text(yaml.safe_dump({  # key order differs from the benchmark's: compared parsed
+        "weights": str(start), "optimizer": "AdamW", "imgsz": 224, "data": "data/shapes_small.yaml",
+        "recipe_args": json.dumps(dict(reversed(list(args.items()))))}))
+    (run_dir / "results.csv").write_text("epoch,phase\n0,dense\n1,dense\n")
+    commands = []
+    monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
+    common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
+    assert benchmarks.dense_continued_run(tmp_path, start, 2, common) == (run_dir, True) and commands == []
+    assert benchmarks.dense_continued_run(tmp_path, tmp_path / "other.pt", 2, common) == (run_dir, False)
+    assert commands and json.loads(commands[0][commands[0].index("--recipe-args") + 1]) == args

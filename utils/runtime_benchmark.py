@@ -112,7 +112,9 @@ def _random_checkpoint(cfg: str, folder: Path, imgsz: int) -> Path:
 
 def trained_checkpoints(accuracy_dir: Path) -> dict[str, Path] | None:
     """The accuracy section's yolov5n checkpoints by variant, or None when it has not run."""
-    dense = accuracy_dir / "dense" / "weights" / "best.pt"
+    dense = accuracy_dir / "dense_continued" / "weights" / "best.pt"  # the dense model the fine-tunes start from
+    if not dense.is_file():
+        dense = accuracy_dir / "dense" / "weights" / "best.pt"
     runs = [accuracy_dir / name for name in ("pruned_quant_distill", "pruned_quant")]  # the distilled run is better
     run = next((r for r in runs if (r / "weights" / "last.pt").is_file()), runs[-1])
     quantized = run / "weights" / "last.pt"
@@ -508,7 +510,9 @@ ONE_OFF_FINDINGS = [
     "one by one, 3% in layout shuffles, 0.5% in one dense Detect conv run alone.",
     "  - `onnxruntime.quantization.quantize_static` (post-training QDQ) cannot run beside the onnx 1.14.1 that "
     "sparseml pins (it needs ml_dtypes and onnx's INT4 type), so the QDQ file is converted from the QAT graph.",
-    "  - Not measured: per-layer sparsity sweeps (the recipes' 85% inner / 70% sensitive split is kept) and a CPU "
+    "  - Not measured: per-layer sparsity sweeps for speed (the yolov5s recipes keep their 85% inner / 70% "
+    "sensitive split; the yolov5n recipes' heavy/inner/sensitive split was chosen for accuracy, in the accuracy "
+    "section) and a CPU "
     "without VNNI (the study in ../shared/research/engine.md measured that case: ConvInteger 0.96x, QDQ 1.29x, "
     "DeepSparse pruned INT8 1.6x ORT dense).",
 ]
