@@ -139,8 +139,8 @@ SPARSE_VARIANTS = {
 }
 DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_even")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
-# AdamW at two thirds of the dense run's lr0 (0.003), decaying to a quarter of that; QAT at 1e-4 -> 1e-6. Measured
-# better than 0.001 -> 0.0001 for the pruned runs (BENCHMARKS.md, findings); the control gets the same schedule.
+# AdamW at two thirds of the dense run's lr0 (0.003), decaying to a quarter of that; QAT at 1e-4 -> 1e-6. One-off
+# runs kept more mAP with it than with 0.001 -> 0.0001 (recipes/README.md); the control gets the same schedule.
 # The biases warm up from init_lr, not from the recipes' 0.1 (an SGD value from scratch): AdamW steps ~lr per step
 # whatever the gradient: with 0.1 the control's first epoch fell from mAP@0.5:0.95 0.570 to 0.364, with 0.002 to
 # 0.445 (a fresh AdamW state perturbs a trained model either way; the run recovers over the following epochs).
@@ -259,7 +259,7 @@ def dense_continued_run(project: Path, start: Path, epochs: int, common: list[st
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = "data/shapes.yaml",
              variants: tuple[str, ...] = DEFAULT_VARIANTS) -> dict:
     """Dense yolov5n in two stages (from scratch, then continued); from its best checkpoint, the same fine-tune
-    dense (the control) and pruned + quantized (the recipe, with and without distillation from the dense model).
+    dense (the control) and pruned + quantized (the recipe's ``variants``, see SPARSE_VARIANTS).
 
     Same budget: the control and each sparse run train ``finetune_epochs`` from the same checkpoint with the same
     optimizer and learning-rate schedule. Recovery divides a sparse run's mAP@0.5:0.95 by the better of the dense
