@@ -239,9 +239,10 @@ def dense_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool
     return run_dir, False
 
 
-def dense_continued_run(project: Path, start: Path, epochs: int, common: list[str]) -> tuple[Path, bool]:
+def dense_continued_run(project: Path, start: Path, epochs: int, common: list[str],
+                        recipe: Path) -> tuple[Path, bool]:
     """The dense model's second stage: ``epochs`` more epochs from its best.pt at a decaying learning rate (the
-    control recipe with DENSE_CONTINUE_ARGS), reused like the first. Returns the run folder and whether reused."""
+    control ``recipe`` with DENSE_CONTINUE_ARGS), reused like the first. Returns the run folder and whether reused."""
     run_dir = project / "dense_continued"
     recipe_args = {"num_epochs": epochs, **DENSE_CONTINUE_ARGS}
     expected = {"weights": str(start), "recipe_args": recipe_args, "optimizer": "AdamW",
@@ -249,8 +250,6 @@ def dense_continued_run(project: Path, start: Path, epochs: int, common: list[st
     if finished_run(run_dir, epochs, expected):
         print(f"reusing the finished dense run {run_dir} ({epochs} epochs from {start}, same settings)", flush=True)
         return run_dir, True
-    recipe = project / "control_recipe.yaml"
-    recipe.write_text(CONTROL_RECIPE, encoding="utf-8")
     run_command(["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, "--sparsification-recipe",
                  str(recipe), "--recipe-args", json.dumps(recipe_args), "--name", "dense_continued"])
     return run_dir, False
@@ -269,17 +268,16 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     project.mkdir(parents=True, exist_ok=True)
     common = ["--data", data, "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
               "--project", str(project), "--exist-ok", "--noplots"]
+    control_recipe = project / "control_recipe.yaml"
+    control_recipe.write_text(CONTROL_RECIPE, encoding="utf-8")
     dense_dir, reused = dense_run(project, epochs, common)
     dense = best_of(read_results(dense_dir))
     continued_dir, continued_reused = dense_continued_run(project, dense_dir / "weights" / "best.pt",
-                                                          finetune_epochs, common)
+                                                          finetune_epochs, common, control_recipe)
     continued = best_of(read_results(continued_dir))
     start = continued_dir / "weights" / "best.pt"
     finetune = ["--weights", str(start), "--optimizer", "AdamW", *common]
     lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS}
-
-    control_recipe = project / "control_recipe.yaml"
-    control_recipe.write_text(CONTROL_RECIPE, encoding="utf-8")
     run_command(["train.py", *finetune, "--sparsification-recipe", str(control_recipe), "--recipe-args",
                  json.dumps(lr_args), "--name", "control"])
     control = best_of(read_results(project / "control"))

@@ -101,6 +101,7 @@ def test_the_continued_dense_run_is_reused_only_with_the_same_start_and_recipe_a
     commands = []
     monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
     common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
-    assert benchmarks.dense_continued_run(tmp_path, start, 2, common) == (run_dir, True) and commands == []
-    assert benchmarks.dense_continued_run(tmp_path, tmp_path / "other.pt", 2, common) == (run_dir, False)
+    recipe = tmp_path / "control_recipe.yaml"
+    assert benchmarks.dense_continued_run(tmp_path, start, 2, common, recipe) == (run_dir, True) and commands == []
+    assert benchmarks.dense_continued_run(tmp_path, tmp_path / "other.pt", 2, common, recipe) == (run_dir, False)
     assert commands and json.loads(commands[0][commands[0].index("--recipe-args") + 1]) == args

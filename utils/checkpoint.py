@@ -70,6 +70,14 @@ def build_checkpoint(*, model_yaml: dict, names: list[str], model_state: dict, e
     }
 
 
+def model_checkpoint(model: torch.nn.Module, names: list[str]) -> dict:
+    """A finished checkpoint holding only a float model's weights (no optimizer, EMA or recipe state)."""
+    return build_checkpoint(model_yaml=model.yaml, names=list(names), model_state=float_state_dict(model),
+                            ema_state=None, ema_updates=0, optimizer_state=None, scaler_state=None, epoch=-1,
+                            best_fitness=0.0, phase_best_fitness={}, options={}, hyp={}, sparsification={},
+                            final=True)
+
+
 def _plain_optimizer_state(state: dict | None) -> dict | None:
     """Hyperparameters in param groups may be numpy scalars (set by schedules); store them as Python numbers."""
     if state is None:

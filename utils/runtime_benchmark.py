@@ -96,18 +96,14 @@ def condition_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.n
 def _random_checkpoint(cfg: str, folder: Path, imgsz: int) -> Path:
     import export
     from models.yolo import DetectionModel
-    from utils.checkpoint import build_checkpoint, save_checkpoint
+    from utils.checkpoint import model_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = DetectionModel(f"{cfg}.yaml", nc=80)  # COCO-sized head: the deployment case
     model.names = [f"class{i}" for i in range(80)]
     images, _, _ = export.sample_images(DATA, (imgsz, imgsz), 8)
     model = condition_batchnorm(model, images)
-    checkpoint = build_checkpoint(model_yaml=model.yaml, names=list(model.names), model_state=model.state_dict(),
-                                  ema_state=None, ema_updates=0, optimizer_state=None, scaler_state=None, epoch=0,
-                                  best_fitness=0.0, phase_best_fitness={}, options={}, hyp={}, sparsification={},
-                                  final=True)
-    return save_checkpoint(checkpoint, folder / "random.pt")
+    return save_checkpoint(model_checkpoint(model, model.names), folder / "random.pt")
 
 
 def trained_checkpoints(accuracy_dir: Path) -> dict[str, Path] | None:

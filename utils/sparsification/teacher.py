@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils.checkpoint import CheckpointError, build_checkpoint, float_state_dict, save_checkpoint
+from utils.checkpoint import CheckpointError, model_checkpoint, save_checkpoint
 from utils.sparsification.export import has_quantization
 
 LOGGER = logging.getLogger(__name__)
@@ -68,7 +68,4 @@ def save_teacher(teacher: nn.Module, names: list[str], path: str | Path) -> Path
 
     Without it a resumed run would copy the model as resumed (already partly pruned) and train towards it.
     """
-    return save_checkpoint(build_checkpoint(
-        model_yaml=teacher.yaml, names=names, model_state=float_state_dict(teacher), ema_state=None, ema_updates=0,
-        optimizer_state=None, scaler_state=None, epoch=-1, best_fitness=0.0, phase_best_fitness={}, options={},
-        hyp={}, sparsification={}, final=True), path)
+    return save_checkpoint(model_checkpoint(teacher, names), path)
