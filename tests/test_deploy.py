@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export import prune_by_magnitude, qat_checkpoint
+from test_export import QAT_RECIPE, prune_by_magnitude, qat_checkpoint
 
 import export
 import val
@@ -25,7 +25,7 @@ NEEDS_DEEPSPARSE = pytest.mark.skipif(not HAS_DEEPSPARSE, reason="deepsparse is 
 HEAD_CONVS = 3  # Detect's 1x1 convs keep a float output (their logits feed the box decode), so no QLinearConv
 
 
-def pruned_qat_checkpoint(data: Path, folder: Path) -> Path:
+def pruned_qat_checkpoint(data: Path, folder: Path, recipe_text: str = QAT_RECIPE) -> Path:
     """A pruned (80%) yolov5n QAT checkpoint made by the training path: recipe manager, one step, strict save."""
     names = check_dataset(str(data))["names"]
     images, _, _ = export.sample_images(str(data), (64, 64), 8)
@@ -34,7 +34,7 @@ def pruned_qat_checkpoint(data: Path, folder: Path) -> Path:
     model.names = [names[i] for i in sorted(names)]
     model = condition_batchnorm(model, images)
     prune_by_magnitude(model, 0.8)
-    return qat_checkpoint(model, images, folder / "last.pt")
+    return qat_checkpoint(model, images, folder / "last.pt", recipe_text)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,23 @@ def test_val_runs_an_onnx_file_in_each_runtime(exported: export.ExportReport, sh
     assert len(metrics) == 7 and all(np.isfinite(metrics))
     assert 0 <= metrics[3] <= metrics[2] <= 1  # mAP@0.5:0.95 <= mAP@0.5
     assert len(maps) == 6 and speeds[1] > 0
+
+
+@pytest.mark.slow
+def test_a_float_detect_head_exports_in_both_formats(shapes_dataset: Path, tmp_path: Path) -> None:
+    """The shipped recipes keep Detect's output convs float (float_modules): both files hold 57 integer convs and 3
+    float ones, and each matches the torch model."""
+    recipe = QAT_RECIPE.replace("ignore: ['SiLU'", "ignore: ['model.24', 'SiLU'")
+    assert recipe != QAT_RECIPE
+    weights = pruned_qat_checkpoint(shapes_dataset, tmp_path, recipe)
+    integer = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), calib_data=8, device="cpu",
+                                 int8_format="both")
+    qdq = integer.others[0]
+    assert integer.check.passed and qdq.check.passed, (integer.check.line(), qdq.check.line())
+    assert integer.summary.ops["ConvInteger"] == 60 - HEAD_CONVS and integer.summary.ops["Conv"] == HEAD_CONVS
+    fused = onnxruntime_ops(qdq.path)
+    assert fused["QLinearConv"] == 60 - HEAD_CONVS and fused["Conv"] == HEAD_CONVS
+    assert integer.check.zeros_kept and qdq.check.zeros_kept
 
 
 def test_int8_format_flag(tmp_path: Path, capsys) -> None:

@@ -288,12 +288,12 @@ modifiers:
 
 
 @pytest.mark.slow
-def qat_checkpoint(model: DetectionModel, images: torch.Tensor, path: Path) -> Path:
+def qat_checkpoint(model: DetectionModel, images: torch.Tensor, path: Path, recipe_text: str = QAT_RECIPE) -> Path:
     """``model`` after one QAT step of the training path (recipe manager, one optimizer step), saved strictly."""
     from utils.sparsification import create_sparsifier
 
     recipe = path.with_name(path.stem + ".recipe.yaml")
-    recipe.write_text(QAT_RECIPE)
+    recipe.write_text(recipe_text)
     sparsifier = create_sparsifier(str(recipe))
     sparsifier.model_built(model, None)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)

@@ -162,7 +162,8 @@ def _set_shape(value_info: Any, dims: list) -> None:
 # - MaxPool / nearest Resize outputs take their input's scale (exact);
 # - Sigmoid outputs take the fixed range [0, 1] (scale 1/255);
 # - conv outputs (before SiLU) and the rest are calibrated on images: post-training quantization of those tensors only.
-# The Detect head's convolutions keep a float output (their logits feed the box decode; 8 bits there costs pixels).
+# The Detect head's convolutions keep a float output (their logits feed the box decode; 8 bits there costs pixels);
+# every other integer conv gets a quantized output, also where only float layers read it (before a float Detect).
 
 _QDQ_PASSTHROUGH = ("MaxPool", "Resize")  # outputs lie within the input's range: reuse its quantization exactly
 _QDQ_QUANTIZED_OPS = ("Conv", "Sigmoid", "Mul", "Add", "Concat", *_QDQ_PASSTHROUGH)
@@ -299,10 +300,15 @@ def _integer_conv_to_qdq(graph: _Graph, node: Any, input_scale: float) -> tuple[
     return [*new_nodes, conv], replaced, mul.output[0]
 
 
-def _quantized_region(graph: _Graph) -> list[str]:
-    """Float tensors on the paths into QAT quantizers (the body between quantized convolutions), in graph order."""
+def _quantized_region(graph: _Graph, conv_outputs: list[str]) -> list[str]:
+    """Float tensors on the paths into QAT quantizers (the body between quantized convolutions), in graph order.
+
+    Also the outputs of integer convolutions that an activation follows: onnxruntime fuses a conv only with a quantized
+    output, and where float layers alone read the activation (the last C3 before a float Detect head) no path leads
+    into a quantizer. Detect's own convs (no activation: their logits feed the decode) stay float-output."""
+    hidden = [t for t in conv_outputs if any(c.op_type == "Sigmoid" for c in graph.consumers.get(t, []))]
     region: set[str] = set()
-    stack = [node.input[0] for node in graph.nodes if node.op_type == "QuantizeLinear"]
+    stack = [node.input[0] for node in graph.nodes if node.op_type == "QuantizeLinear"] + hidden
     while stack:
         tensor = stack.pop()
         producer = graph.producer.get(tensor)
@@ -357,13 +363,14 @@ def integer_to_qdq(source: str | Path, destination: str | Path, calibration_imag
     graph = _Graph(onnx.load(str(source)))
     replacements: dict[int, list[Any]] = {}
     removed: set[int] = set()
-    convolutions = 0
+    conv_outputs: list[str] = []
     for node in graph.nodes:
         if node.op_type == "ConvInteger":
-            new_nodes, replaced, _ = _integer_conv_to_qdq(graph, node, input_scale)
+            new_nodes, replaced, output = _integer_conv_to_qdq(graph, node, input_scale)
             replacements[id(node)] = new_nodes
             removed.update(id(n) for n in replaced)
-            convolutions += 1
+            conv_outputs.append(output)
+    convolutions = len(conv_outputs)
     if not convolutions:
         raise ValueError(f"{source} has no ConvInteger nodes: not a SparseML integer export")
     nodes: list[Any] = []
@@ -375,7 +382,7 @@ def integer_to_qdq(source: str | Path, destination: str | Path, calibration_imag
     graph.refresh(nodes)
     learned = sum(node.op_type == "QuantizeLinear" for node in nodes)
 
-    region = _quantized_region(graph)
+    region = _quantized_region(graph, conv_outputs)
     plan: dict[str, tuple[str, Any]] = {}  # tensor -> (origin, QuantizeLinear to reuse or (scale, zero point))
     for tensor in region:
         consumers = graph.consumers.get(tensor, [])
