@@ -198,7 +198,11 @@ def test_quantization_modifier_applies_to_yolov5n(recipe: str, manager_class, qu
     manager = manager_class.from_yaml(str(RECIPES_DIR / recipe))
     manager_class(_quantization(manager)).apply(model, loggers=quiet)
     report = sparsity_report(model)
-    assert report.quantized_layers == len(report.layers) == 60
+    float_layers = {layer.name for layer in report.layers if not layer.quantized}
+    if recipe == "sparseml_guide_example.yaml":
+        assert report.quantized_layers == len(report.layers) == 60 and not float_layers
+    else:  # the project recipes keep Detect's output convs (model.24, in float_modules) in floating point
+        assert float_layers == {f"model.24.m.{i}.weight" for i in range(3)} and report.quantized_layers == 57
     assert report.fake_quantize_modules > 100
     if recipe == "sparseml_guide_example.yaml":
         # The guide's bare modifier also wraps Concat (a list input) in a QuantWrapper: only the structure is
@@ -208,6 +212,18 @@ def test_quantization_modifier_applies_to_yolov5n(recipe: str, manager_class, qu
     with torch.no_grad():
         prediction = model(torch.rand(1, 3, 64, 64))[0]
     assert prediction.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 85)
+
+
+def test_float_modules_variable_decides_what_stays_float(manager_class, quiet) -> None:
+    """Without model.24 in float_modules, Detect's output convs are quantized too (the speed-first setting)."""
+    compat = pytest.importorskip("utils.sparsification.compat")
+    compat.apply_compat()
+    model = DetectionModel("yolov5n.yaml")
+    variables = {"float_modules": ["SiLU", "Upsample", "Concat", "MaxPool2d"]}
+    manager = manager_class.from_yaml(str(RECIPES_DIR / "yolov5n.pruned_quant.yaml"), recipe_variables=variables)
+    manager_class(_quantization(manager)).apply(model, loggers=quiet)
+    report = sparsity_report(model)
+    assert report.quantized_layers == len(report.layers) == 60
 
 
 @pytest.mark.parametrize("recipe", ["yolov5n.pruned.yaml", "yolov5n.pruned_quant.yaml"])
