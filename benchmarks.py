@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.yolo import DetectionModel  # noqa: E402
+from utils import runtime_benchmark  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 
@@ -130,14 +131,16 @@ def read_results(run_dir: Path) -> list[dict]:
 # AdamW (the dense model's optimizer) at the learning rates below; "teacher": distil from the dense model
 # (--teacher-weights, the recipe's PerLayerDistillationModifier).
 # "even": the same total sparsity without the heavy/inner split (the two-group layout of the yolov5s recipes).
+# "block4": 4-block masks and Detect quantized too (runtime_benchmark.BLOCK4): the layout DeepSparse runs fastest.
 SPARSE_VARIANTS = {
     "pruned_quant": {"recipe_args": {}, "teacher": False},
     "pruned_quant_distill": {"recipe_args": {}, "teacher": True},
     "pruned_quant_distill_even": {"recipe_args": {"final_sparsity_heavy": 0.79, "final_sparsity_inner": 0.79,
                                                   "final_sparsity_sensitive": 0.6}, "teacher": True},
-    "pruned_quant_block4": {"recipe_args": {"mask_type": [1, 4]}, "teacher": True},
+    # The speed-first file of the runtime section (its trained yolov5n 4-block rows come from this run).
+    "pruned_quant_block4": {"recipe_args": json.loads(runtime_benchmark.BLOCK4), "teacher": True},
 }
-DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_even")
+DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_even", "pruned_quant_block4")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
 # AdamW at two thirds of the dense run's lr0 (0.003), decaying to a quarter of that; QAT at 1e-4 -> 1e-6. One-off
 # runs kept more mAP with it than with 0.001 -> 0.0001 (recipes/README.md); the control gets the same schedule.
@@ -239,19 +242,20 @@ def dense_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool
     return run_dir, False
 
 
-def dense_continued_run(project: Path, start: Path, epochs: int, common: list[str],
-                        recipe: Path) -> tuple[Path, bool]:
-    """The dense model's second stage: ``epochs`` more epochs from its best.pt at a decaying learning rate (the
-    control ``recipe`` with DENSE_CONTINUE_ARGS), reused like the first. Returns the run folder and whether reused."""
-    run_dir = project / "dense_continued"
-    recipe_args = {"num_epochs": epochs, **DENSE_CONTINUE_ARGS}
-    expected = {"weights": str(start), "recipe_args": recipe_args, "optimizer": "AdamW",
-                "imgsz": int(common[common.index("--imgsz") + 1]), "data": common[common.index("--data") + 1]}
+def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[str], recipe: Path,
+               recipe_args: dict) -> tuple[Path, bool]:
+    """A fine-tune of ``start`` for ``epochs`` epochs by ``recipe`` (AdamW), or a finished run of the same settings
+    in ``project/name`` (start, recipe, recipe variables, size, data), which is reused. Returns the folder and whether
+    it was reused. Used for the dense stages (the continued dense model, the control), whose recipes do not change."""
+    run_dir = project / name
+    expected = {"weights": str(start), "sparsification_recipe": str(recipe), "recipe_args": recipe_args,
+                "optimizer": "AdamW", "imgsz": int(common[common.index("--imgsz") + 1]),
+                "data": common[common.index("--data") + 1]}
     if finished_run(run_dir, epochs, expected):
-        print(f"reusing the finished dense run {run_dir} ({epochs} epochs from {start}, same settings)", flush=True)
+        print(f"reusing the finished run {run_dir} ({epochs} epochs from {start}, same settings)", flush=True)
         return run_dir, True
     run_command(["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, "--sparsification-recipe",
-                 str(recipe), "--recipe-args", json.dumps(recipe_args), "--name", "dense_continued"])
+                 str(recipe), "--recipe-args", json.dumps(recipe_args), "--name", name])
     return run_dir, False
 
 
@@ -272,15 +276,16 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     control_recipe.write_text(CONTROL_RECIPE, encoding="utf-8")
     dense_dir, reused = dense_run(project, epochs, common)
     dense = best_of(read_results(dense_dir))
-    continued_dir, continued_reused = dense_continued_run(project, dense_dir / "weights" / "best.pt",
-                                                          finetune_epochs, common, control_recipe)
+    continued_dir, continued_reused = recipe_run(project, "dense_continued", dense_dir / "weights" / "best.pt",
+                                                 finetune_epochs, common, control_recipe,
+                                                 {"num_epochs": finetune_epochs, **DENSE_CONTINUE_ARGS})
     continued = best_of(read_results(continued_dir))
     start = continued_dir / "weights" / "best.pt"
     finetune = ["--weights", str(start), "--optimizer", "AdamW", *common]
     lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS}
-    run_command(["train.py", *finetune, "--sparsification-recipe", str(control_recipe), "--recipe-args",
-                 json.dumps(lr_args), "--name", "control"])
-    control = best_of(read_results(project / "control"))
+    control_dir, control_reused = recipe_run(project, "control", start, finetune_epochs, common, control_recipe,
+                                             lr_args)
+    control = best_of(read_results(control_dir))
     baseline = max((continued, control), key=lambda r: float(fitness(_metrics(r))[0]))
     sparse_args = {**lr_args, "pruning_end_epoch": round(PRUNING_END * finetune_epochs, 2), **SPARSITY_ARGS}
     result = {"data": data, "imgsz": imgsz, "dense_epochs": epochs, "finetune_epochs": finetune_epochs,
@@ -291,7 +296,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
               "start_map50": float(continued["metrics/mAP_0.5"]), "start_map": float(continued["metrics/mAP_0.5:0.95"]),
               "start_minutes": run_minutes(continued_dir), "start_reused": continued_reused,
               "control_map50": float(control["metrics/mAP_0.5"]), "control_map": float(control["metrics/mAP_0.5:0.95"]),
-              "control_minutes": run_minutes(project / "control"),
+              "control_minutes": run_minutes(control_dir), "control_reused": control_reused,
               "baseline": "control" if baseline is control else "continued dense",
               "baseline_map": float(baseline["metrics/mAP_0.5:0.95"]), "sparse": []}
     for name in variants:
@@ -338,7 +343,6 @@ def demo() -> dict:
 
 def runtime(quick: bool, data: str) -> dict:
     """Speed of dense / pruned / pruned+INT8 ONNX files in each installed runtime (utils/runtime_benchmark.py)."""
-    from utils import runtime_benchmark
 
     settings = runtime_benchmark.Settings.quick() if quick else runtime_benchmark.Settings()
     settings.data = data
@@ -384,6 +388,7 @@ def render_markdown(results: dict) -> str:
         continue_args = ", ".join(f"{k} {v}" for k, v in a["continue_args"].items())
         reused = "; an earlier run of the same settings, reused" if a.get("dense_reused") else ""
         start_reused = "; reused like the first" if a.get("start_reused") else ""
+        control_reused = " (reused: an earlier run of the same settings)" if a.get("control_reused") else ""
         lines += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a['data']}`, {a['imgsz']} px)", "",
                   f"Dense: {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`; "
                   f"{a['dense_minutes']:.0f} min{reused}), best epoch {a['dense_best_epoch']}; then continued "
@@ -391,9 +396,9 @@ def render_markdown(results: dict) -> str:
                   f"{a['start_minutes']:.0f} min{start_reused}). From that best.pt (the start), fine-tunes of "
                   f"{a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of `{FINETUNE_RECIPE}` "
                   f"({args}; the pruning and sparsity variables apply to the sparse runs only): the control (that "
-                  "schedule alone: dense, no quantization), and the recipe itself (GMP, fine-tune, QAT; the teacher "
-                  "column: distilling from the start with `--teacher-weights`). Recovery = sparse mAP@0.5:0.95 / "
-                  "the better dense model "
+                  f"schedule alone: dense, no quantization{control_reused}), and the recipe itself (GMP, fine-tune, "
+                  "QAT; the teacher column: distilling from the start with `--teacher-weights`). Recovery = sparse "
+                  "mAP@0.5:0.95 / the better dense model "
                   f"(here the {a['baseline']}: {a['baseline_map']:.3f}), so the dense side gets every epoch the "
                   "sparse side gets. Sparse rows: the best epoch of the final (pruned_quantized) phase, i.e. "
                   "`best_pruned_quantized.pt`.", "",

@@ -84,7 +84,7 @@ def test_a_finished_dense_run_of_the_same_settings_is_reused(tmp_path, monkeypat
     assert commands and "--epochs" in commands[0] and commands[0][commands[0].index("--epochs") + 1] == "4"
 
 
-def test_the_continued_dense_run_is_reused_only_with_the_same_start_and_recipe_args(tmp_path, monkeypatch) -> None:
+def test_a_dense_stage_is_reused_only_with_the_same_start_recipe_and_recipe_args(tmp_path, monkeypatch) -> None:
     import json
 
     import yaml
@@ -94,14 +94,21 @@ def test_the_continued_dense_run_is_reused_only_with_the_same_start_and_recipe_a
     (run_dir / "weights").mkdir(parents=True)
     (run_dir / "weights" / "best.pt").write_bytes(b"x")
     args = {"num_epochs": 2, **benchmarks.DENSE_CONTINUE_ARGS}
+    recipe = tmp_path / "control_recipe.yaml"
     (run_dir / "opt.yaml").write_text(yaml.safe_dump({  # key order differs from the benchmark's: compared parsed
         "weights": str(start), "optimizer": "AdamW", "imgsz": 224, "data": "data/shapes_small.yaml",
+        "sparsification_recipe": str(recipe),
         "recipe_args": json.dumps(dict(reversed(list(args.items()))))}))
     (run_dir / "results.csv").write_text("epoch,phase\n0,dense\n1,dense\n")
     commands = []
     monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
     common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
-    recipe = tmp_path / "control_recipe.yaml"
-    assert benchmarks.dense_continued_run(tmp_path, start, 2, common, recipe) == (run_dir, True) and commands == []
-    assert benchmarks.dense_continued_run(tmp_path, tmp_path / "other.pt", 2, common, recipe) == (run_dir, False)
-    assert commands and json.loads(commands[0][commands[0].index("--recipe-args") + 1]) == args
+
+    def run(start, recipe, recipe_args):
+        return benchmarks.recipe_run(tmp_path, "dense_continued", start, 2, common, recipe, recipe_args)
+
+    assert run(start, recipe, args) == (run_dir, True) and commands == []
+    assert run(start, recipe, {**args, "init_lr": 0.5}) == (run_dir, False)  # other variables: trained again
+    assert run(start, tmp_path / "other.yaml", args) == (run_dir, False)  # another recipe
+    assert run(tmp_path / "other.pt", recipe, args) == (run_dir, False)  # another start
+    assert len(commands) == 3 and json.loads(commands[2][commands[2].index("--recipe-args") + 1]) == args

@@ -35,7 +35,9 @@ LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data/shapes.yaml"
 VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq", "pruned 4-block INT8 integer")
-BLOCK4 = '{"mask_type": [1, 4]}'  # recipe variables of the 4-block variant (pruning in blocks of 4 input channels)
+# Recipe variables of the speed-first variant: pruning in blocks of 4 input channels, and Detect's output convs
+# quantized too (the recipes keep them float for accuracy; DeepSparse runs the whole graph in INT8 then).
+BLOCK4 = '{"mask_type": [1, 4], "float_modules": ["SiLU", "Upsample", "Concat", "MaxPool2d"]}'
 THROUGHPUT_BATCH = 8
 
 
@@ -501,6 +503,10 @@ ONE_OFF_FINDINGS = [
     "4-block file was 7-26% faster than the unstructured one each time; its ratio to ORT dense straddles 3x. "
     "Pruning Detect's 3 output convs in 4-blocks "
     "as well (84% of conv weights) 2.81x: no gain.",
+    "  - Detect float or INT8 (2026-11-28, one process, 640 px, 4-block one-shot yolov5s, DeepSparse num_cores 2, "
+    "median of 15): Detect's output convs quantized 35.2 ms, float (the recipes' `float_modules`) 37.7 ms, 7% "
+    "slower; onnxruntime dense 91.0 ms in that process. Float Detect keeps ~0.01 mAP@0.5:0.95 in QAT "
+    "(recipes/README.md), so the recipes keep it float and the 4-block rows quantize it (the speed-first file).",
     "  - `deepsparse.debug_analysis` of that 4-block file (640 px, num_cores 2): 34.7 ms, of which 82% in DeepSparse's "
     "fused multi-layer 'pyramid' subgraphs (not broken down further), 15% in the P5 stage's sparse convolutions run "
     "one by one, 3% in layout shuffles, 0.5% in one dense Detect conv run alone.",
