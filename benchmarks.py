@@ -150,7 +150,7 @@ FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
 FINETUNE_ARGS = {"quantization_epochs": 4, "init_lr": 0.002, "final_lr": 0.0005, "qat_init_lr": 0.0001,
                  "qat_final_lr": 1.0e-6, "biases_warmup_lr": 0.002}
 PRUNING_END = 0.4  # sparse runs: pruning ends at this fraction of the fine-tune (the recipe's 0.6 is for 100 epochs)
-# Sparse runs: the lowest sparsities of the recipe's layer groups that put >= 75% of this 3-class model's conv
+# Sparse runs: the lowest sparsities of the recipe's layer groups that put >= 75% of this 6-class model's conv
 # weights at zero (77%; the recipe's defaults aim at 75% of an 80-class model, 80% of this one).
 SPARSITY_ARGS = {"final_sparsity_heavy": 0.85, "final_sparsity_inner": 0.7, "final_sparsity_sensitive": 0.5}
 # The dense model is trained in two stages: from scratch, then continued with a decaying learning rate, so that

@@ -503,10 +503,11 @@ ONE_OFF_FINDINGS = [
     "4-block file was 7-26% faster than the unstructured one each time; its ratio to ORT dense straddles 3x. "
     "Pruning Detect's 3 output convs in 4-blocks "
     "as well (84% of conv weights) 2.81x: no gain.",
-    "  - Detect float or INT8 (2026-11-28, one process, 640 px, 4-block one-shot yolov5s, DeepSparse num_cores 2, "
-    "median of 15): Detect's output convs quantized 35.2 ms, float (the recipes' `float_modules`) 37.7 ms, 7% "
-    "slower; onnxruntime dense 91.0 ms in that process. Float Detect keeps ~0.01 mAP@0.5:0.95 in QAT "
-    "(recipes/README.md), so the recipes keep it float and the 4-block rows quantize it (the speed-first file).",
+    "  - Detect float or INT8 (2026-11-28, one-shot yolov5s, 640 px, DeepSparse num_cores 2, interleaved in one "
+    "process, medians of 15): 4-block, Detect quantized 35.2 ms, float (the recipes' `float_modules`) 37.7 ms (7% "
+    "slower; onnxruntime dense 91.0 ms); unstructured, Detect quantized 40.7 ms, float 44.8 ms (10% slower; "
+    "onnxruntime dense 92 ms, two rounds). Float Detect kept ~0.01 mAP@0.5:0.95 in QAT (recipes/README.md), so the "
+    "recipes keep it float and the 4-block rows quantize it (the speed-first file).",
     "  - `deepsparse.debug_analysis` of that 4-block file (640 px, num_cores 2): 34.7 ms, of which 82% in DeepSparse's "
     "fused multi-layer 'pyramid' subgraphs (not broken down further), 15% in the P5 stage's sparse convolutions run "
     "one by one, 3% in layout shuffles, 0.5% in one dense Detect conv run alone.",
