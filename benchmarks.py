@@ -343,7 +343,6 @@ def demo() -> dict:
 
 def runtime(quick: bool, data: str) -> dict:
     """Speed of dense / pruned / pruned+INT8 ONNX files in each installed runtime (utils/runtime_benchmark.py)."""
-
     settings = runtime_benchmark.Settings.quick() if quick else runtime_benchmark.Settings()
     settings.data = data
     return runtime_benchmark.run_section(settings, BENCH_DIR)

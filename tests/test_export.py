@@ -288,7 +288,6 @@ modifiers:
 """
 
 
-@pytest.mark.slow
 def qat_checkpoint(model: DetectionModel, images: torch.Tensor, path: Path, recipe_text: str = QAT_RECIPE) -> Path:
     """``model`` after one QAT step of the training path (recipe manager, one optimizer step), saved strictly."""
     from utils.sparsification import create_sparsifier
