@@ -138,7 +138,7 @@ SPARSE_VARIANTS = {
     "pruned_quant_distill_even": {"recipe_args": {"final_sparsity_heavy": 0.79, "final_sparsity_inner": 0.79,
                                                   "final_sparsity_sensitive": 0.6}, "teacher": True},
     # The speed-first file of the runtime section (its trained yolov5n 4-block rows come from this run).
-    "pruned_quant_block4": {"recipe_args": json.loads(runtime_benchmark.BLOCK4), "teacher": True},
+    "pruned_quant_block4": {"recipe_args": runtime_benchmark.BLOCK4, "teacher": True},
 }
 DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_even", "pruned_quant_block4")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"

@@ -18,6 +18,7 @@ and quantized one-shot by the recipes (magnitude pruning, post-training calibrat
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -37,7 +38,7 @@ DATA = "data/shapes.yaml"
 VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq", "pruned 4-block INT8 integer")
 # Recipe variables of the speed-first variant: pruning in blocks of 4 input channels, and Detect's output convs
 # quantized too (the recipes keep them float for accuracy; DeepSparse runs the whole graph in INT8 then).
-BLOCK4 = '{"mask_type": [1, 4], "float_modules": ["SiLU", "Upsample", "Concat", "MaxPool2d"]}'
+BLOCK4 = {"mask_type": [1, 4], "float_modules": ["SiLU", "Upsample", "Concat", "MaxPool2d"]}
 THROUGHPUT_BATCH = 8
 
 
@@ -150,7 +151,7 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir:
         sources = {"dense": (dense, None, None), "pruned": (dense, f"recipes/{cfg}.pruned.yaml", None),
                    "quantized": (dense, pruned_quant, None), "block4": (dense, pruned_quant, BLOCK4)}
         notes.append(f"{cfg}: random weights (80 classes), one-shot {cfg}.pruned.yaml / {cfg}.pruned_quant.yaml "
-                     f"(4-block: the same with --recipe-args '{BLOCK4}'; post-training calibration on "
+                     f"(4-block: the same with --recipe-args '{json.dumps(BLOCK4)}'; post-training calibration on "
                      f"{settings.calib_images} images)")
     files: dict[str, Path] = {}
     checks: dict[str, str] = {}
