@@ -260,15 +260,17 @@ def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[
 
 
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = "data/shapes.yaml",
-             variants: tuple[str, ...] = DEFAULT_VARIANTS) -> dict:
-    """Dense yolov5n in two stages (from scratch, then continued); from its best checkpoint, the same fine-tune
-    dense (the control) and pruned + quantized (the recipe's ``variants``, see SPARSE_VARIANTS).
+             variants: tuple[str, ...] = DEFAULT_VARIANTS, continue_epochs: int | None = None,
+             project: Path = BENCH_DIR / "accuracy") -> dict:
+    """Dense yolov5n in two stages (from scratch, then ``continue_epochs`` more, by default ``finetune_epochs``);
+    from its best checkpoint, the same fine-tune dense (the control) and pruned + quantized (the recipe's
+    ``variants``, see SPARSE_VARIANTS). Finished runs of the same settings in ``project`` are reused.
 
     Same budget: the control and each sparse run train ``finetune_epochs`` from the same checkpoint with the same
     optimizer and learning-rate schedule. Recovery divides a sparse run's mAP@0.5:0.95 by the better of the dense
     model it starts from and the control, so no sparse model is compared with a dense one that had fewer epochs.
     """
-    project = BENCH_DIR / "accuracy"
+    continue_epochs = continue_epochs or finetune_epochs
     project.mkdir(parents=True, exist_ok=True)
     common = ["--data", data, "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
               "--project", str(project), "--exist-ok", "--noplots"]
@@ -277,8 +279,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     dense_dir, reused = dense_run(project, epochs, common)
     dense = best_of(read_results(dense_dir))
     continued_dir, continued_reused = recipe_run(project, "dense_continued", dense_dir / "weights" / "best.pt",
-                                                 finetune_epochs, common, control_recipe,
-                                                 {"num_epochs": finetune_epochs, **DENSE_CONTINUE_ARGS})
+                                                 continue_epochs, common, control_recipe,
+                                                 {"num_epochs": continue_epochs, **DENSE_CONTINUE_ARGS})
     continued = best_of(read_results(continued_dir))
     start = continued_dir / "weights" / "best.pt"
     finetune = ["--weights", str(start), "--optimizer", "AdamW", *common]
@@ -289,6 +291,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     baseline = max((continued, control), key=lambda r: float(fitness(_metrics(r))[0]))
     sparse_args = {**lr_args, "pruning_end_epoch": round(PRUNING_END * finetune_epochs, 2), **SPARSITY_ARGS}
     result = {"data": data, "imgsz": imgsz, "dense_epochs": epochs, "finetune_epochs": finetune_epochs,
+              "continue_epochs": continue_epochs,
               "optimizer": "AdamW", "finetune_args": sparse_args, "continue_args": DENSE_CONTINUE_ARGS,
               "dense_map50": float(dense["metrics/mAP_0.5"]), "dense_map": float(dense["metrics/mAP_0.5:0.95"]),
               "dense_best_epoch": int(dense["epoch"]), "dense_minutes": run_minutes(dense_dir),
@@ -386,12 +389,13 @@ def render_markdown(results: dict) -> str:
         args = ", ".join(f"{k} {v}" for k, v in a["finetune_args"].items())
         continue_args = ", ".join(f"{k} {v}" for k, v in a["continue_args"].items())
         reused = "; an earlier run of the same settings, reused" if a.get("dense_reused") else ""
+        continued_epochs = a.get("continue_epochs", a["finetune_epochs"])
         start_reused = "; reused like the first" if a.get("start_reused") else ""
         control_reused = " (reused: an earlier run of the same settings)" if a.get("control_reused") else ""
         lines += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a['data']}`, {a['imgsz']} px)", "",
                   f"Dense: {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`; "
                   f"{a['dense_minutes']:.0f} min{reused}), best epoch {a['dense_best_epoch']}; then continued "
-                  f"{a['finetune_epochs']} epochs from its best.pt at a decaying learning rate ({continue_args}; "
+                  f"{continued_epochs} epochs from its best.pt at a decaying learning rate ({continue_args}; "
                   f"{a['start_minutes']:.0f} min{start_reused}). From that best.pt (the start), fine-tunes of "
                   f"{a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of `{FINETUNE_RECIPE}` "
                   f"({args}; the pruning and sparsity variables apply to the sparse runs only): the control (that "
@@ -430,6 +434,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=18, help="accuracy: dense epochs from scratch")
     parser.add_argument("--finetune-epochs", type=int, default=10,
                         help="accuracy: epochs of each fine-tune (control and pruned_quant recipe runs)")
+    parser.add_argument("--continue-epochs", type=int, default=None,
+                        help="accuracy: epochs of the continued dense stage (default: --finetune-epochs)")
+    parser.add_argument("--project", type=Path, default=BENCH_DIR / "accuracy",
+                        help="accuracy: run folder; finished runs of the same settings in it are reused")
     parser.add_argument("--variants", nargs="+", choices=sorted(SPARSE_VARIANTS), default=list(DEFAULT_VARIANTS),
                         help="accuracy: sparse fine-tunes to run")
     parser.add_argument("--imgsz", type=int, default=224)
@@ -448,7 +456,7 @@ def main() -> None:
         results["demo"] = demo()
     if "accuracy" in sections:
         results["accuracy"] = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data,
-                                       tuple(opt.variants))
+                                       tuple(opt.variants), opt.continue_epochs, opt.project)
     if "runtime" in sections:
         results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
     command = "python benchmarks.py " + " ".join(sys.argv[1:])

@@ -8,6 +8,8 @@ model, not on the layers, so wrapping a layer (as quantization does) never break
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,13 @@ from torch import nn
 from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus
 
 MODELS_DIR = Path(__file__).resolve().parent
+
+# The activations a model YAML may name in its ``activation`` key, as Ultralytics writes it (``nn.LeakyReLU(0.1)``).
+# Parsed, not evaluated: a YAML is data. ReLU matters for deployment: DeepSparse runs a quantized ReLU network in
+# about 25% less time than the same network with SiLU on the 2-core benchmark CPU (BENCHMARKS.md).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"SiLU": nn.SiLU, "ReLU": nn.ReLU, "ReLU6": nn.ReLU6,
+                                           "LeakyReLU": nn.LeakyReLU, "Hardswish": nn.Hardswish}
+_ACTIVATION = re.compile(r"^(?:nn\.)?(\w+)\(\s*([-+0-9.eE]*)\s*\)$")
 
 
 class Detect(nn.Module):
@@ -108,6 +117,30 @@ def load_model_yaml(cfg: str | Path | dict) -> dict:
     return data
 
 
+def parse_activation(text: str | None) -> Callable[[], nn.Module] | None:
+    """A factory for the activation a model YAML's ``activation`` names (None when it names none: SiLU stays)."""
+    if text is None:
+        return None
+    match = _ACTIVATION.match(str(text).strip())
+    if not match or match.group(1) not in ACTIVATIONS or (match.group(2) and match.group(1) != "LeakyReLU"):
+        known = ", ".join(f"nn.{name}()" for name in ACTIVATIONS).replace("LeakyReLU()", "LeakyReLU(0.1)")
+        raise ValueError(f"activation '{text}' is not supported; use one of {known}")
+    cls = ACTIVATIONS[match.group(1)]
+    if match.group(2):
+        slope = float(match.group(2))
+        return lambda: cls(slope)
+    return cls
+
+
+def set_activation(model: nn.Module, factory: Callable[[], nn.Module] | None) -> None:
+    """Replace the SiLU of every ``Conv`` block with ``factory()`` (the YAML's ``activation``)."""
+    if factory is None:
+        return
+    for module in model.modules():
+        if isinstance(module, Conv) and isinstance(module.act, nn.SiLU):
+            module.act = factory()
+
+
 def parse_model(cfg: dict, ch: int) -> tuple[nn.Sequential, list[int], list[int | list[int]]]:
     """Build the layer sequence from YAML rows ``[from, number, module, args]``.
 
@@ -115,9 +148,7 @@ def parse_model(cfg: dict, ch: int) -> tuple[nn.Sequential, list[int], list[int 
     """
     anchors, nc = cfg["anchors"], cfg["nc"]
     depth, width = cfg.get("depth_multiple", 1.0), cfg.get("width_multiple", 1.0)
-    activation = cfg.get("activation")
-    if activation not in (None, "nn.SiLU()"):
-        raise ValueError(f"activation '{activation}' is not supported; YOLOv5 v6+ models use nn.SiLU()")
+    activation = parse_activation(cfg.get("activation"))
     num_anchors = (len(anchors[0]) // 2) if isinstance(anchors, list) else anchors
     num_outputs = num_anchors * (nc + 5)
     names = {"nc": nc, "anchors": anchors, "None": None}  # the only names an argument may refer to
@@ -146,6 +177,7 @@ def parse_model(cfg: dict, ch: int) -> tuple[nn.Sequential, list[int], list[int 
         else:
             c2 = channels[source]
         layer = nn.Sequential(*(module(*args) for _ in range(number))) if number > 1 else module(*args)
+        set_activation(layer, activation)
         save.update(x % i for x in ([source] if isinstance(source, int) else source) if x != -1)
         layers.append(layer)
         froms.append(source)

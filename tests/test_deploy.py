@@ -16,7 +16,7 @@ import export
 import val
 from models.yolo import DetectionModel
 from utils.dataset_config import check_dataset
-from utils.inference import default_runtime, is_qdq_onnx, load_backend
+from utils.inference import deepsparse_engine, default_runtime, is_qdq_onnx, load_backend
 from utils.runtime_benchmark import condition_batchnorm
 from utils.sparsification.export import onnxruntime_ops
 
@@ -25,12 +25,12 @@ NEEDS_DEEPSPARSE = pytest.mark.skipif(not HAS_DEEPSPARSE, reason="deepsparse is 
 HEAD_CONVS = 3  # Detect's 1x1 convs keep a float output (their logits feed the box decode), so no QLinearConv
 
 
-def pruned_qat_checkpoint(data: Path, folder: Path, recipe_text: str = QAT_RECIPE) -> Path:
+def pruned_qat_checkpoint(data: Path, folder: Path, recipe_text: str = QAT_RECIPE, cfg: str = "yolov5n.yaml") -> Path:
     """A pruned (80%) yolov5n QAT checkpoint made by the training path: recipe manager, one step, strict save."""
     names = check_dataset(str(data))["names"]
     images, _, _ = export.sample_images(str(data), (64, 64), 8)
     torch.manual_seed(4)
-    model = DetectionModel("yolov5n.yaml", nc=len(names))
+    model = DetectionModel(cfg, nc=len(names))
     model.names = [names[i] for i in sorted(names)]
     model = condition_batchnorm(model, images)
     prune_by_magnitude(model, 0.8)
@@ -101,6 +101,27 @@ def test_deepsparse_runs_the_integer_file_like_onnxruntime(exported: export.Expo
     difference = (ours - theirs).abs()
     print(f"deepsparse vs onnxruntime: boxes {float(difference[..., :4].max()):.3g} px, "
           f"scores {float(difference[..., 4:].max()):.3g}")
+    assert (difference[..., :4] <= box_atol + box_rtol * theirs[..., :4].abs()).all()
+    assert difference[..., 4:].max() <= score_tolerance
+
+
+@pytest.mark.slow
+@NEEDS_DEEPSPARSE
+def test_a_relu_model_runs_in_deepsparse_like_onnxruntime(shapes_dataset: Path, tmp_path: Path) -> None:
+    """models/yolov5n-relu.yaml, QAT by the training path with a recipe written for SiLU: DeepSparse compiles the
+    whole integer file and agrees with onnxruntime."""
+    weights = pruned_qat_checkpoint(shapes_dataset, tmp_path, cfg="yolov5n-relu.yaml")
+    report = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), calib_data=8, device="cpu",
+                                int8_format="integer")
+    assert report.check.passed, report.check.line()
+    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 2)
+    sparse = load_backend(report.path, runtime="deepsparse", threads=1)
+    ours, theirs = sparse(images), load_backend(report.path, runtime="onnxruntime", threads=1)(images)
+    assert sparse.runtime == "deepsparse"
+    engine = deepsparse_engine(report.path, tuple(images.shape), 1)
+    assert engine.fraction_of_supported_ops == 1.0  # compiled by DeepSparse, none left to its bundled onnxruntime
+    box_atol, box_rtol, score_tolerance, _ = export.TOLERANCES["quantized"]
+    difference = (ours - theirs).abs()
     assert (difference[..., :4] <= box_atol + box_rtol * theirs[..., :4].abs()).all()
     assert difference[..., 4:].max() <= score_tolerance
 

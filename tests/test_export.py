@@ -18,15 +18,16 @@ from models.yolo import DetectionModel
 from utils.checkpoint import build_checkpoint, save_checkpoint
 from utils.inference import load_backend
 from utils.runtime_benchmark import condition_batchnorm
+from utils.sparsification.export import onnxruntime_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ultralytics"
 NAMES = ["circle", "square", "triangle"]
 
 
-def tiny_model(seed: int = 0) -> DetectionModel:
+def tiny_model(seed: int = 0, cfg: str = "yolov5n.yaml") -> DetectionModel:
     torch.manual_seed(seed)
-    model = DetectionModel("yolov5n.yaml", nc=len(NAMES))
+    model = DetectionModel(cfg, nc=len(NAMES))
     model.names = list(NAMES)
     with torch.no_grad():  # non-trivial BatchNorm statistics so that fusing is really exercised
         for module in model.modules():
@@ -260,6 +261,25 @@ def test_one_shot_recipe_args_give_four_blocks_in_the_file(conditioned_checkpoin
         assert (zeros.all(axis=2) == zeros.any(axis=2)).all(), node.name
         sparse_convs += 1
     assert sparse_convs >= 50 and 0.75 < report.summary.sparsity < 0.9
+
+
+@pytest.mark.slow
+def test_a_relu_model_quantizes_with_the_shipped_recipe_and_exports_both_int8_formats(shapes_dataset: Path,
+                                                                                     tmp_path: Path) -> None:
+    """models/yolov5n-relu.yaml (the faster model in DeepSparse) takes the recipes written for SiLU: their 'SiLU'
+    in ``ignore`` is dropped with a note; Conv+BN+ReLU fuse, and both INT8 files match torch."""
+    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 12)
+    model = condition_batchnorm(tiny_model(seed=3, cfg="yolov5n-relu.yaml"), images)
+    weights = save_project_checkpoint(model, tmp_path / "relu.pt")
+    report = export.export_onnx(weights, imgsz=64, one_shot=str(ROOT / "recipes" / "yolov5n.quant.yaml"),
+                                data=str(shapes_dataset), calib_data=8, device="cpu")
+    assert any("ignore SiLU dropped" in note for note in report.notes)
+    (qdq,) = report.others
+    assert report.check.passed and qdq.check.passed, (report.check.line(), qdq.check.line())
+    integer_ops, fused = report.summary.ops, onnxruntime_ops(qdq.path)  # what onnxruntime runs of the QDQ file
+    assert integer_ops["ConvInteger"] + integer_ops["QLinearConv"] == 57 and integer_ops["Conv"] == 3
+    assert fused["QLinearConv"] == 57 and fused["Conv"] == 3
+    assert integer_ops["Sigmoid"] == fused["Sigmoid"] == 3  # no SiLU: only Detect's decode, one per scale
 
 
 def test_one_shot_quantization_needs_data(conditioned_checkpoint: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.common import Add, Bottleneck
+from models.common import Add, Bottleneck, Conv
 from models.yolo import DetectionModel, parse_model
 from utils.checkpoint import CheckpointError
 from utils.weights import load_weights, read_weights_file
@@ -94,3 +94,40 @@ def test_damaged_or_foreign_weight_files_get_a_clear_error(tmp_path, content):
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="nothing.pt"):
         read_weights_file(tmp_path / "nothing.pt")
+
+
+def _activations(model: torch.nn.Module) -> set[str]:
+    return {type(m.act).__name__ for m in model.modules() if isinstance(m, Conv)}
+
+
+def test_the_yaml_activation_key_sets_every_conv_activation_as_in_ultralytics():
+    """``activation: nn.ReLU()`` (the key Ultralytics reads) swaps SiLU everywhere; the parameters do not change."""
+    relu = DetectionModel("yolov5n-relu.yaml", nc=6)
+    silu = DetectionModel("yolov5n.yaml", nc=6)
+    assert _activations(relu) == {"ReLU"} and _activations(silu) == {"SiLU"}
+    assert relu.state_dict().keys() == silu.state_dict().keys()  # SiLU weights transfer as they are
+    leaky = DetectionModel({**silu.yaml, "activation": "nn.LeakyReLU(0.1)"})
+    assert {m.negative_slope for m in leaky.modules() if isinstance(m, torch.nn.LeakyReLU)} == {0.1}
+
+
+@pytest.mark.parametrize("text", ["os.system('echo')", "nn.ReLU(0.5)", "nn.GELU()", "ReLU"])
+def test_an_activation_the_model_cannot_build_is_refused_with_the_choices(text):
+    cfg = {**DetectionModel("yolov5n.yaml").yaml, "activation": text}
+    with pytest.raises(ValueError, match=r"not supported; use one of nn\.SiLU\(\), nn\.ReLU\(\)"):
+        DetectionModel(cfg)
+
+
+def test_an_official_checkpoint_of_a_leaky_relu_model_loads_with_its_activation(tmp_path):
+    """Ultralytics pickles the model; a YAML with ``activation`` pickles LeakyReLU modules, which the allow-list
+    takes."""
+    model = DetectionModel({**DetectionModel("yolov5n.yaml", nc=2).yaml, "activation": "nn.LeakyReLU(0.1)"}).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)[0]
+    for bottleneck in (m for m in model.modules() if isinstance(m, Bottleneck)):
+        del bottleneck.add_op  # Ultralytics' Bottleneck adds inline: an official pickle has no Add module
+    torch.save({"model": model, "epoch": -1}, tmp_path / "leaky.pt")
+    loaded = load_weights(tmp_path / "leaky.pt")
+    assert loaded.source == "ultralytics" and _activations(loaded.model) == {"LeakyReLU"}
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(x)[0], expected)

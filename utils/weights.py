@@ -28,6 +28,7 @@ OFFICIAL_ALLOWED_CLASSES: list[type] = [
     yolo.DetectionModel, yolo.Model, yolo.Detect,
     common.Conv, common.Bottleneck, common.C3, common.SPPF, common.SPP, common.Focus, common.Concat,
     nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample, nn.Identity,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish,  # models whose YAML sets ``activation``
 ]
 
 

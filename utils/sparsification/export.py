@@ -167,6 +167,7 @@ def _set_shape(value_info: Any, dims: list) -> None:
 
 _QDQ_PASSTHROUGH = ("MaxPool", "Resize")  # outputs lie within the input's range: reuse its quantization exactly
 _QDQ_QUANTIZED_OPS = ("Conv", "Sigmoid", "Mul", "Add", "Concat", *_QDQ_PASSTHROUGH)
+_ACTIVATION_OPS = ("Sigmoid", "Relu", "LeakyRelu", "HardSwish", "Clip")  # SiLU's Sigmoid, or the YAML's activation
 
 
 @dataclass
@@ -306,7 +307,7 @@ def _quantized_region(graph: _Graph, conv_outputs: list[str]) -> list[str]:
     Also the outputs of integer convolutions that an activation follows: onnxruntime fuses a conv only with a quantized
     output, and where float layers alone read the activation (the last C3 before a float Detect head) no path leads
     into a quantizer. Detect's own convs (no activation: their logits feed the decode) stay float-output."""
-    hidden = [t for t in conv_outputs if any(c.op_type == "Sigmoid" for c in graph.consumers.get(t, []))]
+    hidden = [t for t in conv_outputs if any(c.op_type in _ACTIVATION_OPS for c in graph.consumers.get(t, []))]
     region: set[str] = set()
     stack = [node.input[0] for node in graph.nodes if node.op_type == "QuantizeLinear"] + hidden
     while stack:

@@ -567,7 +567,10 @@ def check_recipe_against_model(manager: Any, model: nn.Module, source: str) -> N
             if not any(_pattern_matches(pattern, name) for name in parameter_names):
                 problems.append(f"{kind} params '{pattern}' matches no parameter; closest: "
                                 f"{', '.join(_closest(pattern, parameter_names))}")
-        entries = list(getattr(modifier, "ignore", None) or [])
+        # An ``ignore`` entry naming a torch layer type the model lacks is harmless (the shipped recipes keep 'SiLU'
+        # float; a ReLU model has none), so only names that are no type at all, typos, are errors there.
+        entries = [entry for entry in getattr(modifier, "ignore", None) or []
+                   if not isinstance(getattr(nn, str(entry), None), type)]
         entries += list((getattr(modifier, "scheme_overrides", None) or {}).keys())
         for entry in entries:
             if entry not in type_names and not any(name.startswith(entry) for name in module_names):
@@ -631,6 +634,8 @@ def apply_model_defaults(manager: Any, model: nn.Module) -> list[str]:
     Detect would be wrapped only if a ``scheme_overrides`` entry targeted its type, and its decode must stay float).
     Nothing else changes: SiLU, Upsample and MaxPool2d (single-tensor modules) are quantized or not as the recipe
     says, so a recipe means the same here as in SparseML; the project recipes list them in ``ignore`` themselves.
+    An ``ignore`` entry naming a torch layer type the model does not have is dropped (SparseML rejects it): the
+    shipped recipes keep 'SiLU' float, and a model built with ``activation: nn.ReLU()`` has none.
     Residual adds quantize through ``models.common.Add``'s ``wrap_qat`` (a ``QATWrapper`` with two inputs).
     The legacy modifier (chosen by SparseML when a recipe uses its options, e.g. ``submodules``) quantizes through
     qconfig propagation and never wraps these modules, so it is left alone. Idempotent: the normalized recipe is the
@@ -644,6 +649,11 @@ def apply_model_defaults(manager: Any, model: nn.Module) -> list[str]:
         if not isinstance(modifier, QuantizationModifier):
             continue
         ignore = list(modifier.ignore or [])
+        absent = [name for name in ignore if name not in present and isinstance(getattr(nn, str(name), None), type)]
+        if absent:
+            ignore = [name for name in ignore if name not in absent]
+            modifier.ignore = ignore
+            notes.append(f"QuantizationModifier: ignore {', '.join(absent)} dropped (no such layer in this model)")
         added = [name for name in ALWAYS_FLOAT_MODULES if name in present and name not in ignore]
         if added:
             modifier.ignore = ignore + added
