@@ -127,9 +127,9 @@ def read_results(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# Sparse fine-tunes of the dense model. All use recipes/yolov5n.pruned_quant.yaml scaled to --finetune-epochs, with
-# AdamW (the dense model's optimizer) at the learning rates below; "teacher": distil from the dense model
-# (--teacher-weights, the recipe's PerLayerDistillationModifier).
+# Sparse fine-tunes of the dense model. All but relu_quant use recipes/yolov5n.pruned_quant.yaml scaled to
+# --finetune-epochs, with AdamW (the dense model's optimizer) at the learning rates below; "teacher": distil from the
+# dense model (--teacher-weights, the recipe's PerLayerDistillationModifier).
 # "even": the same total sparsity without the heavy/inner split (the two-group layout of the yolov5s recipes).
 # "block4": 4-block masks and Detect quantized too (runtime_benchmark.BLOCK4): the layout DeepSparse runs fastest.
 SPARSE_VARIANTS = {
@@ -139,6 +139,9 @@ SPARSE_VARIANTS = {
                                                   "final_sparsity_sensitive": 0.6}, "teacher": True},
     # The speed-first file of the runtime section (its trained yolov5n 4-block rows come from this run).
     "pruned_quant_block4": {"recipe_args": runtime_benchmark.BLOCK4, "teacher": True},
+    # No pruning: the dense model converted to ReLU (models/yolov5n-relu.yaml; DeepSparse runs INT8 ReLU networks in
+    # ~25% less time than SiLU ones on this CPU) by the control's schedule with QAT in its last epochs (QUANT_RECIPE).
+    "relu_quant": {"recipe_args": {}, "teacher": True, "cfg": "yolov5n-relu.yaml", "recipe": "quant"},
 }
 DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_even", "pruned_quant_block4")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
@@ -205,6 +208,36 @@ training_modifiers:
 """
 
 
+# The control's schedule plus distillation from the start (until QAT) and QAT in the last quantization_epochs, with
+# the project recipes' QAT settings: the fine-tune of a variant that changes the model, not its sparsity.
+QUANT_RECIPE = CONTROL_RECIPE.replace("# Benchmark control (written by benchmarks.py)",
+                                      "# Benchmark quantization-only fine-tune (written by benchmarks.py)").replace(
+    "biases_warmup_lr: 0.1\n", """biases_warmup_lr: 0.1
+bn_freeze_epoch: eval(qat_start_epoch + quantization_epochs * 0.2)
+observer_freeze_epoch: eval(qat_start_epoch + quantization_epochs * 0.4)
+float_modules: ['model.24', 'SiLU', 'Upsample', 'Concat', 'MaxPool2d']
+""") + """
+  - !PerLayerDistillationModifier
+    start_epoch: 0.0
+    end_epoch: eval(qat_start_epoch)
+    gain: 0.01
+    normalize: True
+    project_features: False
+
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: eval(qat_start_epoch)
+    freeze_bn_stats_epoch: eval(bn_freeze_epoch)
+    disable_quantization_observer_epoch: eval(observer_freeze_epoch)
+    ignore: eval(float_modules)
+    scheme_overrides:
+      model.0.conv:
+        input_activations:
+          num_bits: 8
+          symmetric: False
+"""
+
+
 def run_minutes(run_dir: Path) -> float:
     """Training time of a finished run, from its files: opt.yaml is written first, weights/last.pt last."""
     return ((run_dir / "weights" / "last.pt").stat().st_mtime - (run_dir / "opt.yaml").stat().st_mtime) / 60
@@ -259,6 +292,20 @@ def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[
     return run_dir, False
 
 
+def variant_command(name: str, start: Path, common: list[str], project: Path, lr_args: dict,
+                    sparse_args: dict) -> list[str]:
+    """train.py arguments of the fine-tune ``name`` (SPARSE_VARIANTS) from ``start``: the pruned_quant recipe with
+    the pruning variables, or (``"recipe": "quant"``) project/quant_recipe.yaml with the learning-rate ones only."""
+    variant = SPARSE_VARIANTS[name]
+    quant = variant.get("recipe") == "quant"
+    recipe = str(project / "quant_recipe.yaml") if quant else FINETUNE_RECIPE
+    recipe_args = {**(lr_args if quant else sparse_args), **variant["recipe_args"]}
+    teacher = ["--teacher-weights", str(start)] if variant["teacher"] else []
+    cfg = ["--cfg", variant["cfg"]] if variant.get("cfg") else []
+    return ["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, *cfg, "--sparsification-recipe",
+            recipe, "--recipe-args", json.dumps(recipe_args), *teacher, "--name", name]
+
+
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = "data/shapes.yaml",
              variants: tuple[str, ...] = DEFAULT_VARIANTS, continue_epochs: int | None = None,
              project: Path = BENCH_DIR / "accuracy") -> dict:
@@ -283,7 +330,6 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
                                                  {"num_epochs": continue_epochs, **DENSE_CONTINUE_ARGS})
     continued = best_of(read_results(continued_dir))
     start = continued_dir / "weights" / "best.pt"
-    finetune = ["--weights", str(start), "--optimizer", "AdamW", *common]
     lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS}
     control_dir, control_reused = recipe_run(project, "control", start, finetune_epochs, common, control_recipe,
                                              lr_args)
@@ -302,12 +348,10 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
               "control_minutes": run_minutes(control_dir), "control_reused": control_reused,
               "baseline": "control" if baseline is control else "continued dense",
               "baseline_map": float(baseline["metrics/mAP_0.5:0.95"]), "sparse": []}
+    (project / "quant_recipe.yaml").write_text(QUANT_RECIPE, encoding="utf-8")
     for name in variants:
         variant = SPARSE_VARIANTS[name]
-        recipe_args = json.dumps({**sparse_args, **variant["recipe_args"]})
-        teacher = ["--teacher-weights", str(start)] if variant["teacher"] else []
-        run_command(["train.py", *finetune, "--sparsification-recipe", FINETUNE_RECIPE, "--recipe-args", recipe_args,
-                     *teacher, "--name", name])
+        run_command(variant_command(name, start, common, project, lr_args, sparse_args))
         rows = read_results(project / name)
         final_phase = rows[-1]["phase"]
         sparse = best_of(rows, final_phase)

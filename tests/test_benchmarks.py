@@ -117,3 +117,31 @@ def test_a_dense_stage_is_reused_only_with_the_same_start_recipe_and_recipe_args
     assert run(start, tmp_path / "other.yaml", args) == (run_dir, False)  # another recipe
     assert run(tmp_path / "other.pt", recipe, args) == (run_dir, False)  # another start
     assert len(commands) == 3 and json.loads(commands[2][commands[2].index("--recipe-args") + 1]) == args
+
+
+def test_the_relu_variant_changes_the_model_and_only_quantizes(tmp_path) -> None:
+    """relu_quant: --cfg yolov5n-relu.yaml, the quantization-only recipe with the learning-rate variables (no pruning
+    variables, which that recipe does not have); the pruned variants keep the pruned_quant recipe."""
+    import json
+
+    from utils.sparsification.manager import load_recipe
+
+    start, common = tmp_path / "best.pt", ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
+    lr_args = {"num_epochs": 30, **benchmarks.FINETUNE_ARGS}
+    sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **benchmarks.SPARSITY_ARGS}
+    (tmp_path / "quant_recipe.yaml").write_text(benchmarks.QUANT_RECIPE)
+
+    def flag(command: list[str], name: str) -> str:
+        return command[command.index(name) + 1]
+
+    relu = benchmarks.variant_command("relu_quant", start, common, tmp_path, lr_args, sparse_args)
+    assert flag(relu, "--cfg") == "yolov5n-relu.yaml" and flag(relu, "--teacher-weights") == str(start)
+    assert flag(relu, "--sparsification-recipe") == str(tmp_path / "quant_recipe.yaml")
+    assert json.loads(flag(relu, "--recipe-args")) == lr_args
+    manager, _, _ = load_recipe(flag(relu, "--sparsification-recipe"), json.loads(flag(relu, "--recipe-args")))
+    kinds = sorted({type(m).__name__ for m in manager.iter_modifiers()})
+    assert kinds == ["EpochRangeModifier", "LearningRateFunctionModifier", "PerLayerDistillationModifier",
+                     "QuantizationModifier"]
+    pruned = benchmarks.variant_command("pruned_quant_distill", start, common, tmp_path, lr_args, sparse_args)
+    assert "--cfg" not in pruned and flag(pruned, "--sparsification-recipe") == benchmarks.FINETUNE_RECIPE
+    assert json.loads(flag(pruned, "--recipe-args")) == sparse_args
