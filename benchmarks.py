@@ -140,8 +140,10 @@ SPARSE_VARIANTS = {
     # The speed-first file of the runtime section (its trained yolov5n 4-block rows come from this run).
     "pruned_quant_block4": {"recipe_args": runtime_benchmark.BLOCK4, "teacher": True},
     # No pruning: the dense model converted to ReLU (models/yolov5n-relu.yaml; DeepSparse runs INT8 ReLU networks in
-    # ~25% less time than SiLU ones on this CPU) by the control's schedule with QAT in its last epochs (QUANT_RECIPE).
-    "relu_quant": {"recipe_args": {}, "teacher": True, "cfg": "yolov5n-relu.yaml", "recipe": "quant"},
+    # ~25% less time than SiLU ones on this CPU), distilled, then QAT: recipes/yolov5n.relu_quant.yaml, whose
+    # learning-rate schedule is the control's.
+    "relu_quant": {"recipe_args": {}, "teacher": True, "cfg": "yolov5n-relu.yaml",
+                   "recipe": "recipes/yolov5n.relu_quant.yaml", "note": "--cfg yolov5n-relu.yaml (no pruning)"},
 }
 DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_even", "pruned_quant_block4")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
@@ -208,36 +210,6 @@ training_modifiers:
 """
 
 
-# The control's schedule plus distillation from the start (until QAT) and QAT in the last quantization_epochs, with
-# the project recipes' QAT settings: the fine-tune of a variant that changes the model, not its sparsity.
-QUANT_RECIPE = CONTROL_RECIPE.replace("# Benchmark control (written by benchmarks.py)",
-                                      "# Benchmark quantization-only fine-tune (written by benchmarks.py)").replace(
-    "biases_warmup_lr: 0.1\n", """biases_warmup_lr: 0.1
-bn_freeze_epoch: eval(qat_start_epoch + quantization_epochs * 0.2)
-observer_freeze_epoch: eval(qat_start_epoch + quantization_epochs * 0.4)
-float_modules: ['model.24', 'SiLU', 'Upsample', 'Concat', 'MaxPool2d']
-""") + """
-  - !PerLayerDistillationModifier
-    start_epoch: 0.0
-    end_epoch: eval(qat_start_epoch)
-    gain: 0.01
-    normalize: True
-    project_features: False
-
-quantization_modifiers:
-  - !QuantizationModifier
-    start_epoch: eval(qat_start_epoch)
-    freeze_bn_stats_epoch: eval(bn_freeze_epoch)
-    disable_quantization_observer_epoch: eval(observer_freeze_epoch)
-    ignore: eval(float_modules)
-    scheme_overrides:
-      model.0.conv:
-        input_activations:
-          num_bits: 8
-          symmetric: False
-"""
-
-
 def run_minutes(run_dir: Path) -> float:
     """Training time of a finished run, from its files: opt.yaml is written first, weights/last.pt last."""
     return ((run_dir / "weights" / "last.pt").stat().st_mtime - (run_dir / "opt.yaml").stat().st_mtime) / 60
@@ -292,14 +264,12 @@ def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[
     return run_dir, False
 
 
-def variant_command(name: str, start: Path, common: list[str], project: Path, lr_args: dict,
-                    sparse_args: dict) -> list[str]:
+def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sparse_args: dict) -> list[str]:
     """train.py arguments of the fine-tune ``name`` (SPARSE_VARIANTS) from ``start``: the pruned_quant recipe with
-    the pruning variables, or (``"recipe": "quant"``) project/quant_recipe.yaml with the learning-rate ones only."""
+    the pruning variables, or the variant's own recipe with the learning-rate ones only."""
     variant = SPARSE_VARIANTS[name]
-    quant = variant.get("recipe") == "quant"
-    recipe = str(project / "quant_recipe.yaml") if quant else FINETUNE_RECIPE
-    recipe_args = {**(lr_args if quant else sparse_args), **variant["recipe_args"]}
+    recipe = variant.get("recipe", FINETUNE_RECIPE)
+    recipe_args = {**(sparse_args if recipe == FINETUNE_RECIPE else lr_args), **variant["recipe_args"]}
     teacher = ["--teacher-weights", str(start)] if variant["teacher"] else []
     cfg = ["--cfg", variant["cfg"]] if variant.get("cfg") else []
     return ["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, *cfg, "--sparsification-recipe",
@@ -348,10 +318,9 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
               "control_minutes": run_minutes(control_dir), "control_reused": control_reused,
               "baseline": "control" if baseline is control else "continued dense",
               "baseline_map": float(baseline["metrics/mAP_0.5:0.95"]), "sparse": []}
-    (project / "quant_recipe.yaml").write_text(QUANT_RECIPE, encoding="utf-8")
     for name in variants:
         variant = SPARSE_VARIANTS[name]
-        run_command(variant_command(name, start, common, project, lr_args, sparse_args))
+        run_command(variant_command(name, start, common, lr_args, sparse_args))
         rows = read_results(project / name)
         final_phase = rows[-1]["phase"]
         sparse = best_of(rows, final_phase)
@@ -359,6 +328,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
         minutes = run_minutes(project / name)
         result["sparse"].append({
             "name": name, "recipe_args": json.dumps(variant["recipe_args"]) if variant["recipe_args"] else "",
+            "note": variant.get("note", ""),
             "teacher": variant["teacher"], "epochs": len(rows), "phase": final_phase,
             "map50": float(sparse["metrics/mAP_0.5"]), "map": float(sparse["metrics/mAP_0.5:0.95"]),
             "sparsity": float(sparse["sparsity"]),
@@ -460,16 +430,34 @@ def render_markdown(results: dict) -> str:
                   f"| start + fine-tune (control) | | | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
                   f"{100 * a['control_map'] / a['baseline_map']:.1f}% | "
                   f"{100 * a['control_map'] / a['start_map']:.1f}% | {a['control_minutes']:.0f} |"]
-        lines += [f"| {r['name']} | {'the start' if r['teacher'] else ''} | "
-                  f"{'`' + r['recipe_args'] + '`' if r['recipe_args'] else ''} | {r['map50']:.3f} | {r['map']:.3f} | "
+        lines += [f"| {r['name']}{' *' if r.get('kept_from') else ''} | {'the start' if r['teacher'] else ''} | "
+                  f"{'`' + (r['recipe_args'] or r.get('note', '')) + '`' if r['recipe_args'] or r.get('note') else ''}"
+                  f" | {r['map50']:.3f} | {r['map']:.3f} | "
                   f"{r['sparsity']:.3f} | {100 * r['recovery']:.1f}% | {100 * r['map'] / a['start_map']:.1f}% | "
                   f"{r['minutes']:.0f} ({r['phase_minutes']}) |" for r in a["sparse"]]
+        kept = sorted({r["kept_from"] for r in a["sparse"] if r.get("kept_from")})
+        if kept:
+            lines += ["", "\\* trained by an earlier run of the section with the same dense stages: "
+                      + "; ".join(kept) + "."]
         lines.append("")
     if isinstance(results.get("runtime"), dict):  # older results.json files hold a list: skipped
         from utils.runtime_benchmark import markdown
 
         lines += markdown(results["runtime"])
     return "\n".join(lines) + "\n"
+
+
+def keep_other_variants(previous: dict | None, result: dict, origin: str) -> dict:
+    """``result`` plus the sparse rows of ``previous`` (an earlier accuracy section, run by ``origin``) for variants
+    this run did not train, when both start from the same dense stages (same data, sizes, epochs, fine-tune
+    arguments and dense results): ``--variants X`` then adds X to the table instead of replacing it."""
+    same = ("data", "imgsz", "dense_epochs", "finetune_epochs", "finetune_args", "start_map", "control_map")
+    if not previous or any(previous.get(key) != result.get(key) for key in same):
+        return result
+    names = {row["name"] for row in result["sparse"]}
+    kept = [{**row, "kept_from": row.get("kept_from") or origin} for row in previous.get("sparse", [])
+            if row["name"] not in names]
+    return {**result, "sparse": kept + result["sparse"]}
 
 
 def main() -> None:
@@ -499,8 +487,11 @@ def main() -> None:
     if "demo" in sections:
         results["demo"] = demo()
     if "accuracy" in sections:
-        results["accuracy"] = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data,
-                                       tuple(opt.variants), opt.continue_epochs, opt.project)
+        earlier = results.get("commands", {}).get("accuracy", {})
+        origin = f"`{earlier.get('command', 'python benchmarks.py')}`, {earlier.get('date', 'date unknown')}"
+        results["accuracy"] = keep_other_variants(
+            results.get("accuracy"), accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data,
+                                              tuple(opt.variants), opt.continue_epochs, opt.project), origin)
     if "runtime" in sections:
         results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
     command = "python benchmarks.py " + " ".join(sys.argv[1:])

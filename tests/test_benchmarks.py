@@ -59,7 +59,12 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
            "pruned INT8 qdq 1.56x" in text
     assert "| 640 | ReLU | none (INT8 only) | 0% | 29.8 | 100.3 | 3.37x |" in text
     results["accuracy"]["continue_epochs"] = 120  # --continue-epochs: a longer continued dense stage
-    assert "then continued 120 epochs from its best.pt" in benchmarks.render_markdown(results)
+    results["accuracy"]["sparse"][0]["kept_from"] = "`python benchmarks.py --only accuracy`, 2026-11-28 09:05 UTC"
+    text = benchmarks.render_markdown(results)
+    assert "then continued 120 epochs from its best.pt" in text
+    assert "| pruned_quant_distill * | the start |" in text
+    assert "\\* trained by an earlier run of the section with the same dense stages: `python benchmarks.py " \
+           "--only accuracy`, 2026-11-28 09:05 UTC." in text
 
 
 def test_best_of_uses_yolov5_fitness_within_a_phase() -> None:
@@ -120,8 +125,8 @@ def test_a_dense_stage_is_reused_only_with_the_same_start_recipe_and_recipe_args
 
 
 def test_the_relu_variant_changes_the_model_and_only_quantizes(tmp_path) -> None:
-    """relu_quant: --cfg yolov5n-relu.yaml, the quantization-only recipe with the learning-rate variables (no pruning
-    variables, which that recipe does not have); the pruned variants keep the pruned_quant recipe."""
+    """relu_quant: --cfg yolov5n-relu.yaml and recipes/yolov5n.relu_quant.yaml with the learning-rate variables (it
+    has no pruning variables); the pruned variants keep the pruned_quant recipe and its pruning variables."""
     import json
 
     from utils.sparsification.manager import load_recipe
@@ -129,19 +134,32 @@ def test_the_relu_variant_changes_the_model_and_only_quantizes(tmp_path) -> None
     start, common = tmp_path / "best.pt", ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
     lr_args = {"num_epochs": 30, **benchmarks.FINETUNE_ARGS}
     sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **benchmarks.SPARSITY_ARGS}
-    (tmp_path / "quant_recipe.yaml").write_text(benchmarks.QUANT_RECIPE)
 
     def flag(command: list[str], name: str) -> str:
         return command[command.index(name) + 1]
 
-    relu = benchmarks.variant_command("relu_quant", start, common, tmp_path, lr_args, sparse_args)
+    relu = benchmarks.variant_command("relu_quant", start, common, lr_args, sparse_args)
     assert flag(relu, "--cfg") == "yolov5n-relu.yaml" and flag(relu, "--teacher-weights") == str(start)
-    assert flag(relu, "--sparsification-recipe") == str(tmp_path / "quant_recipe.yaml")
+    assert flag(relu, "--sparsification-recipe") == "recipes/yolov5n.relu_quant.yaml"
     assert json.loads(flag(relu, "--recipe-args")) == lr_args
     manager, _, _ = load_recipe(flag(relu, "--sparsification-recipe"), json.loads(flag(relu, "--recipe-args")))
     kinds = sorted({type(m).__name__ for m in manager.iter_modifiers()})
     assert kinds == ["EpochRangeModifier", "LearningRateFunctionModifier", "PerLayerDistillationModifier",
                      "QuantizationModifier"]
-    pruned = benchmarks.variant_command("pruned_quant_distill", start, common, tmp_path, lr_args, sparse_args)
+    pruned = benchmarks.variant_command("pruned_quant_distill", start, common, lr_args, sparse_args)
     assert "--cfg" not in pruned and flag(pruned, "--sparsification-recipe") == benchmarks.FINETUNE_RECIPE
     assert json.loads(flag(pruned, "--recipe-args")) == sparse_args
+
+
+def test_a_run_of_some_variants_adds_to_the_table_when_the_dense_stages_are_the_same() -> None:
+    def section(start_map: float, *names: str) -> dict:
+        return {"data": "d", "imgsz": 224, "dense_epochs": 60, "finetune_epochs": 30, "finetune_args": {"a": 1},
+                "start_map": start_map, "control_map": 0.6, "sparse": [{"name": n, "map": 0.5} for n in names]}
+
+    earlier = section(0.57, "pruned_quant_distill", "relu_quant")
+    merged = benchmarks.keep_other_variants(earlier, section(0.57, "relu_quant"), "`cmd`, date")
+    assert [(r["name"], r.get("kept_from")) for r in merged["sparse"]] == [
+        ("pruned_quant_distill", "`cmd`, date"), ("relu_quant", None)]  # the rerun variant is replaced, not kept
+    # another dense start: the earlier rows are not comparable and are dropped
+    assert benchmarks.keep_other_variants(earlier, section(0.58, "relu_quant"), "x")["sparse"] == [
+        {"name": "relu_quant", "map": 0.5}]

@@ -35,7 +35,8 @@ LOGGER = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data/shapes.yaml"
-VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq", "pruned 4-block INT8 integer")
+VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq", "pruned 4-block INT8 integer",
+            "ReLU INT8 integer", "ReLU INT8 qdq")
 # Recipe variables of the speed-first variant: pruning in blocks of 4 input channels, and Detect's output convs
 # quantized too (the recipes keep them float for accuracy; DeepSparse runs the whole graph in INT8 then).
 BLOCK4 = {"mask_type": [1, 4], "float_modules": ["SiLU", "Upsample", "Concat", "MaxPool2d"]}
@@ -122,8 +123,9 @@ def trained_checkpoints(accuracy_dir: Path) -> dict[str, Path] | None:
         return None
     pruned = run / "weights" / "best_pruned.pt"
     block4 = accuracy_dir / "pruned_quant_block4" / "weights" / "last.pt"
+    relu = accuracy_dir / "relu_quant" / "weights" / "last.pt"
     return {"dense": dense, "pruned": pruned if pruned.is_file() else None, "quantized": quantized,
-            "block4": block4 if block4.is_file() else None}
+            "block4": block4 if block4.is_file() else None, "relu": relu if relu.is_file() else None}
 
 
 def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir: Path | None) -> ModelFiles:
@@ -142,17 +144,23 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir:
                    "quantized": (trained["quantized"], None, None),
                    "block4": (trained["block4"], None, None) if trained["block4"]
                    else (trained["dense"], pruned_quant, BLOCK4)}
+        if trained["relu"]:
+            sources["relu"] = (trained["relu"], None, None)
         where = accuracy_dir.relative_to(ROOT) if accuracy_dir.is_relative_to(ROOT) else accuracy_dir
         notes.append(f"{cfg}: trained weights of {where} (pruned FP32: "
                      + ("the recipe run's best_pruned.pt" if trained["pruned"] else "one-shot pruning of dense")
                      + "; 4-block: " + ("the mask_type [1, 4] recipe run" if trained["block4"]
-                                        else "one-shot of dense, post-training quantization") + ")")
+                                        else "one-shot of dense, post-training quantization")
+                     + ("; ReLU: the relu_quant run, not pruned" if trained["relu"] else "") + ")")
     else:
         dense = _random_checkpoint(cfg, folder, calibration_size)
+        relu = _random_checkpoint(f"{cfg}-relu.yaml", folder, calibration_size, "random-relu.pt")
         sources = {"dense": (dense, None, None), "pruned": (dense, f"recipes/{cfg}.pruned.yaml", None),
-                   "quantized": (dense, pruned_quant, None), "block4": (dense, pruned_quant, BLOCK4)}
+                   "quantized": (dense, pruned_quant, None), "block4": (dense, pruned_quant, BLOCK4),
+                   "relu": (relu, f"recipes/{cfg}.quant.yaml", None)}
         notes.append(f"{cfg}: random weights (80 classes), one-shot {cfg}.pruned.yaml / {cfg}.pruned_quant.yaml "
-                     f"(4-block: the same with --recipe-args '{json.dumps(BLOCK4)}'; post-training calibration on "
+                     f"(4-block: the same with --recipe-args '{json.dumps(BLOCK4)}'; ReLU: models/{cfg}-relu.yaml, "
+                     f"one-shot {cfg}.quant.yaml as shipped, not pruned; post-training calibration on "
                      f"{settings.calib_images} images)")
     files: dict[str, Path] = {}
     checks: dict[str, str] = {}
@@ -165,8 +173,9 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir:
                                     int8_format="integer" if name == "block4" else "both", recipe_args=recipe_args)
         LOGGER.info("exported %s %s in %.0fs", cfg, name, time.time() - started)
         for each in (report, *report.others):
+            kind = "ReLU" if name == "relu" else "pruned"
             variant = {"dense": "dense FP32", "pruned": "pruned FP32", "block4": "pruned 4-block INT8 integer"}.get(
-                name, "pruned INT8 qdq" if each.path.name.endswith(".qdq.onnx") else "pruned INT8 integer")
+                name, f"{kind} INT8 qdq" if each.path.name.endswith(".qdq.onnx") else f"{kind} INT8 integer")
             files[variant] = each.path
             checks[variant] = each.check.line().strip()
             notes += [f"{cfg} {variant} file: {note}" for note in each.notes if note.startswith("onnxruntime runs")]
@@ -393,7 +402,8 @@ def plot_latency_vs_map(rows: list[dict], path: Path) -> Path:
     groups = sorted({(r["model"], r["imgsz"]) for r in rows})
     figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), squeeze=False)
     markers = {"onnxruntime": "o", "deepsparse": "s"}
-    colors = dict(zip(VARIANTS, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")))
+    colors = dict(zip(VARIANTS, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                                 "tab:brown")))
     for axis, (model, imgsz) in zip(axes[0], groups):
         selected = [r for r in rows if r["model"] == model and r["imgsz"] == imgsz]
         with_map = [r for r in selected if r.get("map") is not None]
