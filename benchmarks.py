@@ -143,9 +143,10 @@ SPARSE_VARIANTS = {
     # ~25% less time than SiLU ones on this CPU), distilled, then QAT: recipes/yolov5n.relu_quant.yaml, whose
     # learning-rate schedule is the control's.
     "relu_quant": {"recipe_args": {}, "teacher": True, "cfg": "yolov5n-relu.yaml",
-                   "recipe": "recipes/yolov5n.relu_quant.yaml", "note": "--cfg yolov5n-relu.yaml (no pruning)"},
+                   "recipe": "recipes/yolov5n.relu_quant.yaml",
+                   "note": "--cfg yolov5n-relu.yaml, recipes/yolov5n.relu_quant.yaml (no pruning)"},
 }
-DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_even", "pruned_quant_block4")
+DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_even", "pruned_quant_block4", "relu_quant")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
 # AdamW at two thirds of the dense run's lr0 (0.003), decaying to a quarter of that; QAT at 1e-4 -> 1e-6. One-off
 # runs kept more mAP with it than with 0.001 -> 0.0001 (recipes/README.md); the control gets the same schedule.
