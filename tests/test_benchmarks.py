@@ -23,7 +23,9 @@ def runtime_section() -> dict:
     study = [{"model": "yolov5s", "imgsz": 640, "activation": "ReLU", "sparsity": "none (INT8 only)",
               "conv_sparsity": 0.004, "deepsparse_ms": 29.8, "ort_dense_ms": 100.3, "speedup": 3.37}]
     return {"rows": rows, "threads": [], "study": study, "versions": {"onnxruntime": "1.x", "deepsparse": "1.8.0"},
-            "threads_used": 2, "notes": ["yolov5s: random weights"], "checks": {}, "plot": "runs/bench/x.png",
+            "threads_used": 2, "notes": ["yolov5s: random weights"],
+            "checks": {"yolov5s": {"dense FP32": "check ...: passed",
+                                   "pruned INT8 qdq": "check ... 2/3 matched: FAILED"}}, "plot": "runs/bench/x.png",
             "settings": vars(settings), "minutes": 5.4, "load_average": [0.1, 1.7]}
 
 
@@ -58,6 +60,8 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
     assert "- yolov5s 640: pruned 4-block INT8 integer in deepsparse, 2.86x ORT dense FP32; best onnxruntime INT8: " \
            "pruned INT8 qdq 1.56x" in text
     assert "| 640 | ReLU | none (INT8 only) | 0% | 29.8 | 100.3 | 3.37x |" in text
+    assert "- export check FAILED (the file is timed and scored all the same) for yolov5s pruned INT8 qdq: check ... " \
+           "2/3 matched: FAILED" in text and "dense FP32: check" not in text
     results["accuracy"]["continue_epochs"] = 120  # --continue-epochs: a longer continued dense stage
     results["accuracy"]["sparse"][0]["kept_from"] = "`python benchmarks.py --only accuracy`, 2026-11-28 09:05 UTC"
     text = benchmarks.render_markdown(results)
