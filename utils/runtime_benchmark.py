@@ -593,6 +593,12 @@ ONE_OFF_FINDINGS = [
     "without pruning 35.6-40.5 ms (ORT dense 90-122 ms); the same network with ReLU (`models/yolov5s-relu.yaml`) "
     "29.1-29.8 ms at 85/70, 40/30 and no pruning (ORT dense SiLU 99-101 ms, ReLU 92-94 ms). The table above repeats "
     "this with `deepsparse_study`.",
+    "  - ReLU with light pruning (2026-11-28 12:16 UTC, probe, not a benchmark variant): the relu_quant fine-tune with "
+    "`recipes/yolov5n.pruned_quant.yaml` instead (4-block, heavy/inner/sensitive 0.5/0.4/0.3: 45% of conv weights "
+    "zero, distilled, 30 epochs, the benchmark's learning rates) ended at mAP@0.5:0.95 0.549 in training's "
+    "validation (unpruned ReLU 0.569, the start 0.570); its INT8 file scored 0.645 at 320 px (dense 0.663) and ran "
+    "2.45 ms in DeepSparse, 3.27x onnxruntime dense in its process (unpruned ReLU 2.08 ms, 3.31x, in an earlier "
+    "process): the pruning cost 2.7% of the accuracy and bought no speed.",
     "  - `deepsparse.debug_analysis` of that 4-block file (640 px, num_cores 2): 34.7 ms, of which 82% in DeepSparse's "
     "fused multi-layer 'pyramid' subgraphs (not broken down further), 15% in the P5 stage's sparse convolutions run "
     "one by one, 3% in layout shuffles, 0.5% in one dense Detect conv run alone.",
