@@ -547,6 +547,11 @@ def _targeted_parameters(modifier: Any, model: nn.Module) -> list[str]:
     return [name for name in names if any(_pattern_matches(p, name) for p in patterns)]
 
 
+def _is_torch_layer_type(name: Any) -> bool:
+    """Whether ``name`` is a ``torch.nn`` layer class name (e.g. 'SiLU'), as a quantization ``ignore`` entry may be."""
+    return isinstance(getattr(nn, str(name), None), type)
+
+
 def check_recipe_against_model(manager: Any, model: nn.Module, source: str) -> None:
     """Every ``params`` name/regex and every quantization ``ignore``/``scheme_overrides``/``submodules`` entry must
     match something in the model; otherwise a ``RecipeError`` lists each miss with the closest names."""
@@ -569,8 +574,7 @@ def check_recipe_against_model(manager: Any, model: nn.Module, source: str) -> N
                                 f"{', '.join(_closest(pattern, parameter_names))}")
         # An ``ignore`` entry naming a torch layer type the model lacks is harmless (the shipped recipes keep 'SiLU'
         # float; a ReLU model has none), so only names that are no type at all, typos, are errors there.
-        entries = [entry for entry in getattr(modifier, "ignore", None) or []
-                   if not isinstance(getattr(nn, str(entry), None), type)]
+        entries = [entry for entry in getattr(modifier, "ignore", None) or [] if not _is_torch_layer_type(entry)]
         entries += list((getattr(modifier, "scheme_overrides", None) or {}).keys())
         for entry in entries:
             if entry not in type_names and not any(name.startswith(entry) for name in module_names):
@@ -649,7 +653,7 @@ def apply_model_defaults(manager: Any, model: nn.Module) -> list[str]:
         if not isinstance(modifier, QuantizationModifier):
             continue
         ignore = list(modifier.ignore or [])
-        absent = [name for name in ignore if name not in present and isinstance(getattr(nn, str(name), None), type)]
+        absent = [name for name in ignore if name not in present and _is_torch_layer_type(name)]
         if absent:
             ignore = [name for name in ignore if name not in absent]
             modifier.ignore = ignore
