@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export import QAT_RECIPE, prune_by_magnitude, qat_checkpoint
+from test_export import PER_CHANNEL_QAT_RECIPE, QAT_RECIPE, prune_by_magnitude, qat_checkpoint
 
 import export
 import val
@@ -120,6 +120,25 @@ def test_a_relu_model_runs_in_deepsparse_like_onnxruntime(shapes_dataset: Path, 
     assert sparse.runtime == "deepsparse"
     engine = deepsparse_engine(report.path, tuple(images.shape), 1)
     assert engine.fraction_of_supported_ops == 1.0  # compiled by DeepSparse, none left to its bundled onnxruntime
+    box_atol, box_rtol, score_tolerance, _ = export.TOLERANCES["quantized"]
+    difference = (ours - theirs).abs()
+    assert (difference[..., :4] <= box_atol + box_rtol * theirs[..., :4].abs()).all()
+    assert difference[..., 4:].max() <= score_tolerance
+
+
+@pytest.mark.slow
+@NEEDS_DEEPSPARSE
+def test_per_channel_weight_scales_run_in_deepsparse_like_onnxruntime(shapes_dataset: Path, tmp_path: Path) -> None:
+    """weight_strategy: channel (Detect quantized too): DeepSparse compiles the whole integer file and agrees with
+    onnxruntime."""
+    weights = pruned_qat_checkpoint(shapes_dataset, tmp_path, PER_CHANNEL_QAT_RECIPE)
+    report = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), calib_data=8, device="cpu",
+                                int8_format="integer")
+    assert report.check.passed, report.check.line()
+    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 2)
+    ours = load_backend(report.path, runtime="deepsparse", threads=1)(images)
+    theirs = load_backend(report.path, runtime="onnxruntime", threads=1)(images)
+    assert deepsparse_engine(report.path, tuple(images.shape), 1).fraction_of_supported_ops == 1.0
     box_atol, box_rtol, score_tolerance, _ = export.TOLERANCES["quantized"]
     difference = (ours - theirs).abs()
     assert (difference[..., :4] <= box_atol + box_rtol * theirs[..., :4].abs()).all()

@@ -354,3 +354,76 @@ def test_quantization_aware_checkpoint_exports_an_integer_graph(shapes_dataset: 
     backend = load_backend(report.path, runtime="onnxruntime")
     assert backend.is_quantized and backend.input_dtype == torch.uint8 and backend.names == NAMES
     torch.testing.assert_close(backend(images[:1]), backend(images[:1].float() / 255))  # float input is converted
+
+
+# QAT_RECIPE with one weight scale per output channel, for the stem too, as the shipped recipes write it
+PER_CHANNEL_QAT_RECIPE = """
+version: 1.1.0
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: 1.0
+  - !ConstantPruningModifier
+    params: __ALL_PRUNABLE__
+    start_epoch: 0.0
+    end_epoch: -1.0
+  - !QuantizationModifier
+    start_epoch: 0.0
+    ignore: ['SiLU', 'Upsample', 'Concat', 'MaxPool2d']
+    scheme:
+      weights:
+        num_bits: 8
+        symmetric: True
+        strategy: channel
+    scheme_overrides:
+      model.0.conv:
+        input_activations:
+          num_bits: 8
+          symmetric: False
+        weights:
+          num_bits: 8
+          symmetric: True
+          strategy: channel
+"""
+
+
+def test_per_channel_weight_scales_export_to_both_int8_formats(shapes_dataset: Path, tmp_path: Path) -> None:
+    """weight_strategy: channel: onnxruntime's ConvInteger takes only a scalar weight zero point, so the export
+    writes one (symmetric weights share it) and keeps the per-channel scales in the rescale; both files run, keep the
+    zeros and match the torch model."""
+    from onnx import numpy_helper
+
+    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 8)
+    model = condition_batchnorm(tiny_model(seed=5), images)
+    prune_by_magnitude(model, 0.8)
+    weights = qat_checkpoint(model, images, tmp_path / "qat_channel.pt", PER_CHANNEL_QAT_RECIPE)
+
+    report = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), device="cpu")
+    qdq = report.others[0]
+    for file_report in (report, qdq):
+        print(file_report.check.line())
+        assert file_report.check.passed and file_report.check.zeros_kept, file_report.check.line()
+    graph = onnx.load(str(report.path)).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "ConvInteger"]
+    assert len(convs) == 60 and all(initializers[node.input[3]].size == 1 for node in convs)
+    rescales = [initializers[name] for node in graph.node if node.op_type == "Mul" and "rescale" in node.name
+                for name in node.input if name in initializers]
+    assert len(rescales) == 60 and all(len(np.unique(scale)) > 1 for scale in rescales)  # one scale per channel
+    assert onnxruntime_ops(qdq.path)["QLinearConv"] == 57  # Detect's convs stay float in the QDQ file
+
+
+def test_unequal_weight_zero_points_are_refused_by_name() -> None:
+    """Asymmetric per-channel weights cannot be written for onnxruntime's ConvInteger: a clear error, not a file
+    that fails at run time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from utils.sparsification.export import _scalar_weight_zero_points
+
+    zero_points = numpy_helper.from_array(np.array([128, 127], np.uint8), "w_zero_point")
+    node = helper.make_node("ConvInteger", ["x", "w", "x_zero_point", "w_zero_point"], ["y"], name="conv_1")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                              initializer=[zero_points])
+    with pytest.raises(ValueError, match="conv_1: per-channel weight zero points differ"):
+        _scalar_weight_zero_points(helper.make_model(graph))

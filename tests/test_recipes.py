@@ -226,6 +226,27 @@ def test_float_modules_variable_decides_what_stays_float(manager_class, quiet) -
     assert report.quantized_layers == len(report.layers) == 60
 
 
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_weight_strategy_variable_sets_one_weight_scale_per_conv_or_per_output_channel(strategy: str, manager_class,
+                                                                                     quiet) -> None:
+    """weight_strategy: tensor (the default) gives each quantized conv one weight scale, channel one per output
+    channel, for every quantized conv including the stem (which keeps its asymmetric uint8 input)."""
+    compat = pytest.importorskip("utils.sparsification.compat")
+    compat.apply_compat()
+    model = DetectionModel("yolov5n.yaml")
+    variables = {"weight_strategy": strategy} if strategy == "channel" else None
+    manager = manager_class.from_yaml(str(RECIPES_DIR / "yolov5n.quant.yaml"), recipe_variables=variables)
+    manager_class(_quantization(manager)).apply(model, loggers=quiet)
+    weight_quantizers = {name: module.weight_fake_quant for name, module in model.named_modules()
+                         if hasattr(module, "weight_fake_quant")}
+    expected = torch.per_channel_symmetric if strategy == "channel" else torch.per_tensor_symmetric
+    assert len(weight_quantizers) == 57  # every conv but Detect's three (float_modules)
+    assert {quantizer.qscheme for quantizer in weight_quantizers.values()} == {expected}
+    stem = next(module for name, module in model.named_modules() if name.startswith("model.0.")
+                and hasattr(module, "weight_fake_quant"))
+    assert stem.weight_fake_quant.qscheme == expected
+
+
 @pytest.mark.parametrize("recipe", ["yolov5n.pruned.yaml", "yolov5n.pruned_quant.yaml"])
 def test_mask_type_variable_prunes_blocks_of_four_input_channels(recipe: str, manager_class, quiet) -> None:
     """--recipe-args '{"mask_type": [1, 4]}' zeroes 4 consecutive input channels together; the default does not."""

@@ -128,6 +128,7 @@ def export_quantized_onnx(model: nn.Module, path: str | Path, imgsz: tuple[int, 
             input_names=["images"], output_names=["output0"], dynamic_axes=axes)
         graph = onnx.load(str(Path(folder) / "model.onnx"))
     skip_onnx_input_quantize(graph)  # input becomes uint8; raises when no single input quantize exists
+    _scalar_weight_zero_points(graph)
     if dynamic:
         _set_shape(graph.graph.input[0], ["batch", 3, "height", "width"])
         _set_shape(graph.graph.output[0], ["batch", "anchors", outputs])
@@ -136,6 +137,43 @@ def export_quantized_onnx(model: nn.Module, path: str | Path, imgsz: tuple[int, 
         _set_shape(graph.graph.output[0], [batch_size, anchors, outputs])
     onnx.save(graph, str(path))
     return path
+
+
+def _scalar_weight_zero_points(graph: Any) -> int:
+    """Write each ConvInteger's per-channel weight zero point as one scalar when its entries are equal.
+
+    Per-channel weight scales (``strategy: channel``) make SparseML write a zero point per output channel, all equal
+    for symmetric weights; onnxruntime's ConvInteger rejects any zero point that is not a scalar ("Non per-tensor
+    quantization is not supported") while per-channel *scales* live in the rescale Mul, so one scalar is exact.
+    Returns the number of convolutions changed; unequal zero points (asymmetric weights) are an error.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    scalars: dict[str, str] = {}
+    changed = 0
+    for node in graph.graph.node:
+        if node.op_type != "ConvInteger" or len(node.input) < 4 or node.input[3] not in initializers:
+            continue
+        zero_point = numpy_helper.to_array(initializers[node.input[3]])
+        if zero_point.size <= 1:
+            continue
+        if not (zero_point == zero_point.flat[0]).all():
+            raise ValueError(f"{node.name}: per-channel weight zero points differ (asymmetric weights); "
+                             "onnxruntime's ConvInteger takes one zero point: quantize weights with symmetric: true")
+        name = scalars.get(node.input[3])
+        if name is None:
+            name = scalars[node.input[3]] = f"{node.input[3]}.scalar"
+            graph.graph.initializer.append(numpy_helper.from_array(np.array(zero_point.flat[0], zero_point.dtype),
+                                                                   name))
+        node.input[3] = name
+        changed += 1
+    used = {name for node in graph.graph.node for name in node.input}
+    kept = [tensor for tensor in graph.graph.initializer if tensor.name in used]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(kept)
+    return changed
 
 
 def _set_shape(value_info: Any, dims: list) -> None:
