@@ -366,48 +366,81 @@ def runtime(quick: bool, data: str) -> dict:
     return runtime_benchmark.run_section(settings, BENCH_DIR)
 
 
-def write_markdown(results: dict, path: Path = ROOT / "BENCHMARKS.md") -> Path:
-    """BENCHMARKS.md from ``results``, which are kept beside the runs in runs/bench/results.json."""
-    path.write_text(render_markdown(results), encoding="utf-8")
-    BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
-    return path
+RESULTS = ROOT / "benchmarks.json"  # tracked beside BENCHMARKS.md: a new machine starts from the earlier sections
+# Each section of BENCHMARKS.md starts with one of these headings; a run that does not measure a section keeps its text.
+SECTION_HEADINGS = {"throughput": "## Training and validation throughput", "demo": "## The demo",
+                    "accuracy": "## Dense vs pruned", "runtime": "## Deployment speed"}
 
 
-def render_markdown(results: dict) -> str:
-    """The text of BENCHMARKS.md: machine, versions, then one section per benchmark present in ``results``."""
+def machine() -> str:
+    """This machine as BENCHMARKS.md names it for each section it measures."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, flags: {cpu_flags()}; {gpu}"
+
+
+def versions() -> str:
     import onnxruntime
     import sparseml
 
+    return (f"Python {platform.python_version()}, torch {torch.__version__}, sparseml {sparseml.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}")
+
+
+def kept_sections(text: str) -> dict[str, list[str]]:
+    """The lines of each section of an earlier BENCHMARKS.md, by section name (heading to the next ``## ``)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name = next((key for key, heading in SECTION_HEADINGS.items() if line.startswith(heading)), None)
+            current = sections.setdefault(name, []) if name else None
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def write_markdown(results: dict, path: Path = ROOT / "BENCHMARKS.md") -> Path:
+    """BENCHMARKS.md from ``results`` (saved to benchmarks.json); sections this run did not measure keep their text
+    from the earlier file, with the machine and command that measured them."""
+    earlier = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.write_text(render_markdown(results, kept_sections(earlier)), encoding="utf-8")
+    RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def render_markdown(results: dict, kept: dict[str, list[str]] | None = None) -> str:
+    """The text of BENCHMARKS.md: one section per benchmark, each under a line that names its command, date, machine
+    and versions. Sections absent from ``results`` are taken from ``kept`` (an earlier file's, see kept_sections)."""
+    kept = kept or {}
     lines = ["# Benchmarks", "",
-             "Sections come from the commands below (each run updates its sections in runs/bench/results.json):  ",
-             *[f"- {section}: `{run['command']}`, {run['date']}  " for section, run in
-               results.get("commands", {}).items()],
-             f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, flags: {cpu_flags()}; no GPU  ",
-             f"Versions: Python {platform.python_version()}, torch {torch.__version__}, sparseml "
-             f"{sparseml.__version__}, onnxruntime {onnxruntime.__version__}", ""]
+             "Each section names the command that measured it, when, and on which machine: a run rewrites only the "
+             "sections it measures, so sections can come from different machines (compare ratios within a section, "
+             "not absolute times across them). The results behind the sections are in benchmarks.json.", ""]
+    sections: dict[str, list[str]] = {}
     if "throughput" in results:
-        lines += ["## Training and validation throughput (random data, batch as shown, median of steps)", "",
-                  "| model | imgsz | batch | train images/s | val images/s (forward + NMS) |", "|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['train_images_per_s']} | "
-                  f"{r['val_images_per_s']} |" for r in results["throughput"]]
-        lines.append("")
+        sections["throughput"] = [
+            "## Training and validation throughput (random data, batch as shown, median of steps)", "",
+            "| model | imgsz | batch | train images/s | val images/s (forward + NMS) |", "|---|---|---|---|---|",
+            *[f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['train_images_per_s']} | {r['val_images_per_s']} |"
+              for r in results["throughput"]], ""]
     if "demo" in results:
         d = results["demo"]
-        lines += ["## The demo (`make demo` after setup: `python demo.py`)", "",
-                  f"{d['seconds'] / 60:.1f} min for train ({d['epochs']} epochs) + val + export + detect. Final model "
-                  f"({d['phase']}, {d['sparsity']:.1%} of conv weights zero): mAP@0.5 {d['map50']:.3f}, "
-                  f"mAP@0.5:0.95 {d['map']:.3f} on the built-in validation images. A few minutes of CPU training "
-                  "from scratch shows the pipeline, not the accuracy a longer run reaches (see below).", ""]
+        sections["demo"] = [
+            "## The demo (`make demo` after setup: `python demo.py`)", "",
+            f"{d['seconds'] / 60:.1f} min for train ({d['epochs']} epochs) + val + export + detect. Final model "
+            f"({d['phase']}, {d['sparsity']:.1%} of conv weights zero): mAP@0.5 {d['map50']:.3f}, mAP@0.5:0.95 "
+            f"{d['map']:.3f} on the built-in validation images. A few minutes of CPU training from scratch shows the "
+            "pipeline, not the accuracy a longer run reaches (see below).", ""]
     if "accuracy" in results and "start_map" in results["accuracy"]:  # older results.json files: skipped
         a = results["accuracy"]
+        body = sections["accuracy"] = []
         args = ", ".join(f"{k} {v}" for k, v in a["finetune_args"].items())
         continue_args = ", ".join(f"{k} {v}" for k, v in a["continue_args"].items())
         reused = "; an earlier run of the same settings, reused" if a.get("dense_reused") else ""
         continued_epochs = a.get("continue_epochs", a["finetune_epochs"])
         start_reused = "; reused like the first" if a.get("start_reused") else ""
         control_reused = " (reused: an earlier run of the same settings)" if a.get("control_reused") else ""
-        lines += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a['data']}`, {a['imgsz']} px)", "",
+        body += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a['data']}`, {a['imgsz']} px)", "",
                   f"Dense: {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`; "
                   f"{a['dense_minutes']:.0f} min{reused}), best epoch {a['dense_best_epoch']}; then continued "
                   f"{continued_epochs} epochs from its best.pt at a decaying learning rate ({continue_args}; "
@@ -431,21 +464,31 @@ def render_markdown(results: dict) -> str:
                   f"| start + fine-tune (control) | | | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
                   f"{100 * a['control_map'] / a['baseline_map']:.1f}% | "
                   f"{100 * a['control_map'] / a['start_map']:.1f}% | {a['control_minutes']:.0f} |"]
-        lines += [f"| {r['name']}{' *' if r.get('kept_from') else ''} | {'the start' if r['teacher'] else ''} | "
+        body += [f"| {r['name']}{' *' if r.get('kept_from') else ''} | {'the start' if r['teacher'] else ''} | "
                   f"{'`' + (r['recipe_args'] or r.get('note', '')) + '`' if r['recipe_args'] or r.get('note') else ''}"
                   f" | {r['map50']:.3f} | {r['map']:.3f} | "
                   f"{r['sparsity']:.3f} | {100 * r['recovery']:.1f}% | {100 * r['map'] / a['start_map']:.1f}% | "
                   f"{r['minutes']:.0f} ({r['phase_minutes']}) |" for r in a["sparse"]]
         kept = sorted({r["kept_from"] for r in a["sparse"] if r.get("kept_from")})
         if kept:
-            lines += ["", "\\* trained by an earlier run of the section with the same dense stages: "
+            body += ["", "\\* trained by an earlier run of the section with the same dense stages: "
                       + "; ".join(kept) + "."]
-        lines.append("")
+        body.append("")
     if isinstance(results.get("runtime"), dict):  # older results.json files hold a list: skipped
         from utils.runtime_benchmark import markdown
 
-        lines += markdown(results["runtime"])
-    return "\n".join(lines) + "\n"
+        sections["runtime"] = markdown(results["runtime"])
+    commands = results.get("commands", {})
+    for name in SECTION_HEADINGS:
+        if name in sections:
+            run = {"command": "python benchmarks.py", "date": "date unknown", "machine": "an unrecorded machine",
+                   "versions": "versions unrecorded", **commands.get(name, {})}
+            measured = f"Measured by `{run['command']}`, {run['date']}, on {run['machine']} ({run['versions']})."
+            heading, *body = sections[name]
+            lines += [heading, "", measured, *body]
+        elif name in kept:
+            lines += kept[name]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def keep_other_variants(previous: dict | None, result: dict, origin: str) -> dict:
@@ -480,8 +523,7 @@ def main() -> None:
     opt = parser.parse_args()
     sections = opt.only or ["throughput", "demo", "accuracy", "runtime"]
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    previous = BENCH_DIR / "results.json"
-    results = json.loads(previous.read_text()) if previous.exists() else {}
+    results = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
     if "throughput" in sections:
         results["throughput"] = [throughput(f"yolov5{size}.yaml", imgsz, 8, opt.steps)
                                  for size in ("n", "s") for imgsz in (320, 640)]
@@ -498,7 +540,8 @@ def main() -> None:
     command = "python benchmarks.py " + " ".join(sys.argv[1:])
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     for section in sections:
-        results.setdefault("commands", {})[section] = {"command": command.strip(), "date": date}
+        results.setdefault("commands", {})[section] = {"command": command.strip(), "date": date,
+                                                       "machine": machine(), "versions": versions()}
     path = write_markdown(results)
     print(path.read_text())
 

@@ -47,7 +47,7 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
         "runtime": runtime_section(),
     }
     text = benchmarks.render_markdown(results)
-    assert "- accuracy: `python benchmarks.py --only accuracy`, 2026-11-28 00:58 UTC" in text
+    assert "Measured by `python benchmarks.py --only accuracy`, 2026-11-28 00:58 UTC, on an unrecorded machine" in text
     assert "7.8 min for train (10 epochs)" in text and "mAP@0.5 0.077" in text
     assert "(AdamW, `data/hyps/hyp.short.yaml`; 36 min; an earlier run of the same settings, reused)" in text
     assert "then continued 30 epochs from its best.pt at a decaying learning rate (init_lr 0.001; 18 min)" in text
@@ -167,3 +167,34 @@ def test_a_run_of_some_variants_adds_to_the_table_when_the_dense_stages_are_the_
     # another dense start: the earlier rows are not comparable and are dropped
     assert benchmarks.keep_other_variants(earlier, section(0.58, "relu_quant"), "x")["sparse"] == [
         {"name": "relu_quant", "map": 0.5}]
+
+
+def test_sections_a_run_does_not_measure_keep_their_text_and_machine() -> None:
+    """A run of one section on another machine rewrites that section under its own machine line and keeps the
+    others as they were, with the machine that measured them."""
+    earlier = "\n".join([
+        "# Benchmarks", "", "old header", "",
+        "## Training and validation throughput (random data)", "",
+        "Measured by `python benchmarks.py --only throughput`, 2026-11-27 22:57 UTC, on Machine A (versions A).", "",
+        "| yolov5n | 320 | 8 | 16.56 | 69.29 |", "",
+        "## Deployment speed: ONNX runtimes on this CPU", "", "Measured by ... on Machine A.", "", "old runtime table",
+    ])
+    results = {"commands": {"demo": {"command": "python benchmarks.py --only demo", "date": "2026-12-01 19:00 UTC",
+                                     "machine": "Machine B", "versions": "versions B"}},
+               "demo": {"seconds": 480.0, "epochs": 10, "phase": "pruned_quantized", "sparsity": 0.75, "map50": 0.08,
+                        "map": 0.04}}
+    text = benchmarks.render_markdown(results, benchmarks.kept_sections(earlier))
+    assert "old header" not in text
+    assert "on Machine A (versions A).\n\n| yolov5n | 320 | 8 | 16.56 | 69.29 |" in text
+    assert "## The demo (`make demo` after setup: `python demo.py`)\n\nMeasured by `python benchmarks.py --only " \
+           "demo`, 2026-12-01 19:00 UTC, on Machine B (versions B).\n\n8.0 min for train (10 epochs)" in text
+    assert text.index("## Training and validation") < text.index("## The demo") < text.index("## Deployment speed")
+    assert text.endswith("old runtime table\n")
+
+
+def test_machine_names_the_cpu_its_flags_and_the_gpu() -> None:
+    import torch
+
+    description = benchmarks.machine()
+    assert description.startswith(f"{benchmarks.cpu_name()}, ") and "logical CPUs, flags: " in description
+    assert description.endswith("no GPU") == (not torch.cuda.is_available())

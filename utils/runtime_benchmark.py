@@ -545,10 +545,10 @@ def markdown(section: dict) -> list[str]:
     return lines
 
 
-# Experiments run once by hand on this machine (2026-11-27, 2-core Xeon with AVX-512 VNNI and AMX, shared with other
+# Experiments run once by hand (2026-11-27, 2-core Intel Xeon with AVX-512 VNNI and AMX, shared with other
 # jobs: 1-minute load 2-5) and not repeated by this script. Ratios are from one process, interleaved.
 ONE_OFF_FINDINGS = [
-    "- One-off experiments (2026-11-27, this machine, not re-run by this script):",
+    "- One-off experiments (2026-11-27, the 2-core Intel Xeon with AVX-512 VNNI and AMX, not re-run by this script):",
     "  - QDQ variants, yolov5s 640 random weights, onnxruntime: only the QAT quantizers (conv outputs float) 0.73x "
     "ORT dense (no integer kernel is fused without a quantized conv output); + calibrated conv outputs 1.15x; + "
     "sigmoid outputs 1.37x; + every float branch between quantized convs (shipped) 1.44x, all with spinning on. "
@@ -556,13 +556,13 @@ ONE_OFF_FINDINGS = [
     "  - onnxruntime graph optimization level, yolov5s 640 (spinning on): ENABLE_ALL 248 ms QDQ / 293 ms dense; "
     "EXTENDED 436 / 436; BASIC 982 / 490. The layout transforms of level ALL (NCHWc, NHWC for QLinearConv) matter.",
     "  - onnxruntime intra-op spinning, yolov5s 640: dense 293 -> 199 ms and QDQ 248 -> 165 ms with spinning off on "
-    "this shared 2-core machine; hence `utils.inference.onnxruntime_options(spinning=False)`.",
+    "that shared 2-core machine; hence `utils.inference.onnxruntime_options(spinning=False)`.",
     "  - DeepSparse, yolov5s 320, num_cores 1 (num_cores 2 collapsed under the other jobs' load: 160-870 ms): dense "
     "37.6 ms, pruned FP32 (unstructured) 37-45 ms, pruned INT8 unstructured 22.7 ms, pruned INT8 with block masks "
     "`mask_type: [1, 4]` 20.6 ms; onnxruntime in the same process: dense 42.3 ms, QDQ 21.3 ms (2 threads). Sparse "
     "FP32 gains nothing in DeepSparse here; sparse INT8 does, and [1, 4] blocks a little more.",
-    "- One-off experiments (2026-11-28, this machine idle: 1-minute load < 1), yolov5s random weights, one-shot "
-    "recipes, batch 1, one process each:",
+    "- One-off experiments (2026-11-28, the same Intel Xeon, idle: 1-minute load < 1), yolov5s random weights, "
+    "one-shot recipes, batch 1, one process each:",
     "  - 640 px: onnxruntime dense FP32 85.1 ms, QDQ pruned INT8 51.5 ms (1.65x); DeepSparse num_cores 2: dense 82.4 "
     "ms, pruned FP32 81.1 ms, pruned INT8 (unstructured, 81%) 39.5 ms (2.15x); num_cores 1: 153 / 131 / 60.9 ms. "
     "320 px: onnxruntime dense 24.4 ms, QDQ 15.1 ms; DeepSparse pruned INT8 12.2 ms (2.0x), num_cores 1 26.3 ms. On an "
