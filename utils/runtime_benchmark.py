@@ -609,6 +609,14 @@ ONE_OFF_FINDINGS = [
     "section) and a CPU "
     "without VNNI (the study in ../shared/research/engine.md measured that case: ConvInteger 0.96x, QDQ 1.29x, "
     "DeepSparse pruned INT8 1.6x ORT dense).",
+    "- One-off experiments (2026-12-01, another machine: AMD EPYC, 2 logical CPUs, AVX2 without AVX-512 or VNNI, so "
+    "DeepSparse emulates INT8; yolov5s 640 random weights, one-shot `yolov5s.pruned_quant.yaml` (unstructured, 81% of"
+    " conv weights zero), batch 1, one process, 15 interleaved rounds with onnxruntime dense FP32 (150-180 ms)):",
+    "  - Weight scales and Detect: DeepSparse integer file, per-tensor scales, Detect float 1.48x / Detect INT8 1.45x"
+    " ORT dense; per-channel scales (`weight_strategy: channel`) Detect float 1.07x / Detect INT8 1.08x; the "
+    "onnxruntime QDQ files 1.56x / 1.48x per tensor and 1.53x / 1.53x per channel. On this CPU per-channel scales "
+    "cost DeepSparse its INT8 gain (both files compiled whole by DeepSparse) and onnxruntime nothing, and Detect INT8 "
+    "buys no speed. Not measured on a VNNI CPU.",
 ]
 
 
