@@ -441,38 +441,38 @@ def render_markdown(results: dict, kept: dict[str, list[str]] | None = None) -> 
         start_reused = "; reused like the first" if a.get("start_reused") else ""
         control_reused = " (reused: an earlier run of the same settings)" if a.get("control_reused") else ""
         body += [f"## Dense vs pruned + quantized (yolov5n, built-in shapes data: `{a['data']}`, {a['imgsz']} px)", "",
-                  f"Dense: {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`; "
-                  f"{a['dense_minutes']:.0f} min{reused}), best epoch {a['dense_best_epoch']}; then continued "
-                  f"{continued_epochs} epochs from its best.pt at a decaying learning rate ({continue_args}; "
-                  f"{a['start_minutes']:.0f} min{start_reused}). From that best.pt (the start), fine-tunes of "
-                  f"{a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of `{FINETUNE_RECIPE}` "
-                  f"({args}; the pruning and sparsity variables apply to the sparse runs only): the control (that "
-                  f"schedule alone: dense, no quantization{control_reused}), and the recipe itself (GMP, fine-tune, "
-                  "QAT; the teacher column: distilling from the start with `--teacher-weights`). Recovery = sparse "
-                  "mAP@0.5:0.95 / the better dense model "
-                  f"(here the {a['baseline']}: {a['baseline_map']:.3f}), so the dense side gets every epoch the "
-                  "sparse side gets. Sparse rows: the best epoch of the final (pruned_quantized) phase, i.e. "
-                  "`best_pruned_quantized.pt`.", "",
-                  "| model | teacher | recipe args | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery "
-                  "(mAP@0.5:0.95) | of the dense start | minutes (per phase) |",
-                  "|---|---|---|---|---|---|---|---|---|",
-                  f"| dense, from scratch | | | {a['dense_map50']:.3f} | {a['dense_map']:.3f} | 0 | "
-                  f"{100 * a['dense_map'] / a['baseline_map']:.1f}% | "
-                  f"{100 * a['dense_map'] / a['start_map']:.1f}% | {a['dense_minutes']:.0f} |",
-                  f"| dense, continued (the start) | | | {a['start_map50']:.3f} | {a['start_map']:.3f} | 0 | "
-                  f"{100 * a['start_map'] / a['baseline_map']:.1f}% | 100% | {a['start_minutes']:.0f} |",
-                  f"| start + fine-tune (control) | | | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
-                  f"{100 * a['control_map'] / a['baseline_map']:.1f}% | "
-                  f"{100 * a['control_map'] / a['start_map']:.1f}% | {a['control_minutes']:.0f} |"]
+                 f"Dense: {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`; "
+                 f"{a['dense_minutes']:.0f} min{reused}), best epoch {a['dense_best_epoch']}; then continued "
+                 f"{continued_epochs} epochs from its best.pt at a decaying learning rate ({continue_args}; "
+                 f"{a['start_minutes']:.0f} min{start_reused}). From that best.pt (the start), fine-tunes of "
+                 f"{a['finetune_epochs']} epochs with AdamW and the learning-rate schedule of `{FINETUNE_RECIPE}` "
+                 f"({args}; the pruning and sparsity variables apply to the sparse runs only): the control (that "
+                 f"schedule alone: dense, no quantization{control_reused}), and the recipe itself (GMP, fine-tune, "
+                 "QAT; the teacher column: distilling from the start with `--teacher-weights`). Recovery = sparse "
+                 "mAP@0.5:0.95 / the better dense model "
+                 f"(here the {a['baseline']}: {a['baseline_map']:.3f}), so the dense side gets every epoch the "
+                 "sparse side gets. Sparse rows: the best epoch of the final (pruned_quantized) phase, i.e. "
+                 "`best_pruned_quantized.pt`.", "",
+                 "| model | teacher | recipe args | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery "
+                 "(mAP@0.5:0.95) | of the dense start | minutes (per phase) |",
+                 "|---|---|---|---|---|---|---|---|---|",
+                 f"| dense, from scratch | | | {a['dense_map50']:.3f} | {a['dense_map']:.3f} | 0 | "
+                 f"{100 * a['dense_map'] / a['baseline_map']:.1f}% | "
+                 f"{100 * a['dense_map'] / a['start_map']:.1f}% | {a['dense_minutes']:.0f} |",
+                 f"| dense, continued (the start) | | | {a['start_map50']:.3f} | {a['start_map']:.3f} | 0 | "
+                 f"{100 * a['start_map'] / a['baseline_map']:.1f}% | 100% | {a['start_minutes']:.0f} |",
+                 f"| start + fine-tune (control) | | | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
+                 f"{100 * a['control_map'] / a['baseline_map']:.1f}% | "
+                 f"{100 * a['control_map'] / a['start_map']:.1f}% | {a['control_minutes']:.0f} |"]
         body += [f"| {r['name']}{' *' if r.get('kept_from') else ''} | {'the start' if r['teacher'] else ''} | "
-                  f"{'`' + (r['recipe_args'] or r.get('note', '')) + '`' if r['recipe_args'] or r.get('note') else ''}"
-                  f" | {r['map50']:.3f} | {r['map']:.3f} | "
-                  f"{r['sparsity']:.3f} | {100 * r['recovery']:.1f}% | {100 * r['map'] / a['start_map']:.1f}% | "
-                  f"{r['minutes']:.0f} ({r['phase_minutes']}) |" for r in a["sparse"]]
-        kept = sorted({r["kept_from"] for r in a["sparse"] if r.get("kept_from")})
-        if kept:
+                 f"{'`' + (r['recipe_args'] or r.get('note', '')) + '`' if r['recipe_args'] or r.get('note') else ''}"
+                 f" | {r['map50']:.3f} | {r['map']:.3f} | "
+                 f"{r['sparsity']:.3f} | {100 * r['recovery']:.1f}% | {100 * r['map'] / a['start_map']:.1f}% | "
+                 f"{r['minutes']:.0f} ({r['phase_minutes']}) |" for r in a["sparse"]]
+        origins = sorted({r["kept_from"] for r in a["sparse"] if r.get("kept_from")})
+        if origins:
             body += ["", "\\* trained by an earlier run of the section with the same dense stages: "
-                      + "; ".join(kept) + "."]
+                     + "; ".join(origins) + "."]
         body.append("")
     if isinstance(results.get("runtime"), dict):  # older results.json files hold a list: skipped
         from utils.runtime_benchmark import markdown
@@ -484,8 +484,8 @@ def render_markdown(results: dict, kept: dict[str, list[str]] | None = None) -> 
             run = {"command": "python benchmarks.py", "date": "date unknown", "machine": "an unrecorded machine",
                    "versions": "versions unrecorded", **commands.get(name, {})}
             measured = f"Measured by `{run['command']}`, {run['date']}, on {run['machine']} ({run['versions']})."
-            heading, *body = sections[name]
-            lines += [heading, "", measured, *body]
+            heading, *rest = sections[name]
+            lines += [heading, "", measured, *rest]
         elif name in kept:
             lines += kept[name]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -29,21 +29,25 @@ def runtime_section() -> dict:
             "settings": vars(settings), "minutes": 5.4, "load_average": [0.1, 1.7]}
 
 
+def accuracy_section() -> dict:
+    return {"data": "data/shapes_small.yaml", "imgsz": 224, "dense_epochs": 60, "finetune_epochs": 30,
+            "optimizer": "AdamW", "finetune_args": {"num_epochs": 30, "init_lr": 0.001},
+            "dense_map50": 0.5, "dense_map": 0.3, "dense_best_epoch": 59, "dense_minutes": 36.0,
+            "dense_reused": True, "continue_args": {"init_lr": 0.001},
+            "start_map50": 0.51, "start_map": 0.31, "start_minutes": 18.0, "start_reused": False,
+            "control_map50": 0.52, "control_map": 0.32, "control_minutes": 20.0, "baseline": "control",
+            "baseline_map": 0.32,
+            "sparse": [{"name": "pruned_quant_distill", "recipe_args": "", "teacher": True, "epochs": 30,
+                        "phase": "pruned_quantized", "map50": 0.5, "map": 0.3168, "sparsity": 0.832,
+                        "recovery": 0.3168 / 0.32, "minutes": 25.0, "phase_minutes": {"pruned": 23.0}}]}
+
+
 def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
     results = {
         "commands": {"accuracy": {"command": "python benchmarks.py --only accuracy", "date": "2026-11-28 00:58 UTC"}},
         "demo": {"seconds": 468.0, "epochs": 10, "phase": "pruned_quantized", "sparsity": 0.743, "map50": 0.077,
                  "map": 0.044},
-        "accuracy": {"data": "data/shapes_small.yaml", "imgsz": 224, "dense_epochs": 60, "finetune_epochs": 30,
-                     "optimizer": "AdamW", "finetune_args": {"num_epochs": 30, "init_lr": 0.001},
-                     "dense_map50": 0.5, "dense_map": 0.3, "dense_best_epoch": 59, "dense_minutes": 36.0,
-                     "dense_reused": True, "continue_args": {"init_lr": 0.001},
-                     "start_map50": 0.51, "start_map": 0.31, "start_minutes": 18.0, "start_reused": False,
-                     "control_map50": 0.52, "control_map": 0.32, "control_minutes": 20.0, "baseline": "control",
-                     "baseline_map": 0.32,
-                     "sparse": [{"name": "pruned_quant_distill", "recipe_args": "", "teacher": True, "epochs": 30,
-                                 "phase": "pruned_quantized", "map50": 0.5, "map": 0.3168, "sparsity": 0.832,
-                                 "recovery": 0.3168 / 0.32, "minutes": 25.0, "phase_minutes": {"pruned": 23.0}}]},
+        "accuracy": accuracy_section(),
         "runtime": runtime_section(),
     }
     text = benchmarks.render_markdown(results)
@@ -182,7 +186,9 @@ def test_sections_a_run_does_not_measure_keep_their_text_and_machine() -> None:
     results = {"commands": {"demo": {"command": "python benchmarks.py --only demo", "date": "2026-12-01 19:00 UTC",
                                      "machine": "Machine B", "versions": "versions B"}},
                "demo": {"seconds": 480.0, "epochs": 10, "phase": "pruned_quantized", "sparsity": 0.75, "map50": 0.08,
-                        "map": 0.04}}
+                        "map": 0.04},
+               "accuracy": accuracy_section()}
+    results["accuracy"]["sparse"][0]["kept_from"] = "an earlier run"  # the table's footnote must not hide the rest
     text = benchmarks.render_markdown(results, benchmarks.kept_sections(earlier))
     assert "old header" not in text
     assert "on Machine A (versions A).\n\n| yolov5n | 320 | 8 | 16.56 | 69.29 |" in text

@@ -170,9 +170,9 @@ def _scalar_weight_zero_points(graph: Any) -> int:
         node.input[3] = name
         changed += 1
     used = {name for node in graph.graph.node for name in node.input}
-    kept = [tensor for tensor in graph.graph.initializer if tensor.name in used]
+    kept = [tensor for tensor in graph.graph.initializer if tensor.name in used or tensor.name not in scalars]
     del graph.graph.initializer[:]
-    graph.graph.initializer.extend(kept)
+    graph.graph.initializer.extend(kept)  # the replaced per-channel zero points are gone, everything else stays
     return changed
 
 
