@@ -97,6 +97,11 @@ def test_deepsparse_runs_the_integer_file_like_onnxruntime(exported: export.Expo
     assert sparse.runtime == "deepsparse" and sparse.is_quantized and sparse.input_dtype == torch.uint8
     ours, theirs = sparse(images), reference(images)
     assert ours.shape == theirs.shape == (2, 3 * (8 * 8 + 4 * 4 + 2 * 2), 11)
+    assert_within_int8_tolerance(ours, theirs)
+
+
+def assert_within_int8_tolerance(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """Two runtimes' outputs of one INT8 file agree within export.py's quantized tolerances."""
     box_atol, box_rtol, score_tolerance, _ = export.TOLERANCES["quantized"]
     difference = (ours - theirs).abs()
     print(f"deepsparse vs onnxruntime: boxes {float(difference[..., :4].max()):.3g} px, "
@@ -107,10 +112,16 @@ def test_deepsparse_runs_the_integer_file_like_onnxruntime(exported: export.Expo
 
 @pytest.mark.slow
 @NEEDS_DEEPSPARSE
-def test_a_relu_model_runs_in_deepsparse_like_onnxruntime(shapes_dataset: Path, tmp_path: Path) -> None:
-    """models/yolov5n-relu.yaml, QAT by the training path with a recipe written for SiLU: DeepSparse compiles the
-    whole integer file and agrees with onnxruntime."""
-    weights = pruned_qat_checkpoint(shapes_dataset, tmp_path, cfg="yolov5n-relu.yaml")
+@pytest.mark.parametrize("cfg, recipe_text", [
+    ("yolov5n-relu.yaml", QAT_RECIPE),  # a ReLU model, QAT with a recipe written for SiLU
+    ("yolov5n.yaml", PER_CHANNEL_QAT_RECIPE),  # weight_strategy: channel, Detect quantized too
+], ids=["relu", "per_channel_weights"])
+def test_deepsparse_compiles_the_whole_integer_file_and_agrees_with_onnxruntime(cfg: str, recipe_text: str,
+                                                                                shapes_dataset: Path,
+                                                                                tmp_path: Path) -> None:
+    """QAT by the training path, exported as the integer file: DeepSparse compiles all of it (none left to its
+    bundled onnxruntime) and agrees with onnxruntime."""
+    weights = pruned_qat_checkpoint(shapes_dataset, tmp_path, recipe_text, cfg=cfg)
     report = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), calib_data=8, device="cpu",
                                 int8_format="integer")
     assert report.check.passed, report.check.line()
@@ -118,31 +129,8 @@ def test_a_relu_model_runs_in_deepsparse_like_onnxruntime(shapes_dataset: Path, 
     sparse = load_backend(report.path, runtime="deepsparse", threads=1)
     ours, theirs = sparse(images), load_backend(report.path, runtime="onnxruntime", threads=1)(images)
     assert sparse.runtime == "deepsparse"
-    engine = deepsparse_engine(report.path, tuple(images.shape), 1)
-    assert engine.fraction_of_supported_ops == 1.0  # compiled by DeepSparse, none left to its bundled onnxruntime
-    box_atol, box_rtol, score_tolerance, _ = export.TOLERANCES["quantized"]
-    difference = (ours - theirs).abs()
-    assert (difference[..., :4] <= box_atol + box_rtol * theirs[..., :4].abs()).all()
-    assert difference[..., 4:].max() <= score_tolerance
-
-
-@pytest.mark.slow
-@NEEDS_DEEPSPARSE
-def test_per_channel_weight_scales_run_in_deepsparse_like_onnxruntime(shapes_dataset: Path, tmp_path: Path) -> None:
-    """weight_strategy: channel (Detect quantized too): DeepSparse compiles the whole integer file and agrees with
-    onnxruntime."""
-    weights = pruned_qat_checkpoint(shapes_dataset, tmp_path, PER_CHANNEL_QAT_RECIPE)
-    report = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), calib_data=8, device="cpu",
-                                int8_format="integer")
-    assert report.check.passed, report.check.line()
-    images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 2)
-    ours = load_backend(report.path, runtime="deepsparse", threads=1)(images)
-    theirs = load_backend(report.path, runtime="onnxruntime", threads=1)(images)
     assert deepsparse_engine(report.path, tuple(images.shape), 1).fraction_of_supported_ops == 1.0
-    box_atol, box_rtol, score_tolerance, _ = export.TOLERANCES["quantized"]
-    difference = (ours - theirs).abs()
-    assert (difference[..., :4] <= box_atol + box_rtol * theirs[..., :4].abs()).all()
-    assert difference[..., 4:].max() <= score_tolerance
+    assert_within_int8_tolerance(ours, theirs)
 
 
 @pytest.mark.slow

@@ -608,7 +608,7 @@ ONE_OFF_FINDINGS = [
     "sensitive split; the yolov5n recipes' heavy/inner/sensitive split was chosen for accuracy, in the accuracy "
     "section) and a CPU "
     "without VNNI (the study in ../shared/research/engine.md measured that case: ConvInteger 0.96x, QDQ 1.29x, "
-    "DeepSparse pruned INT8 1.6x ORT dense).",
+    "DeepSparse pruned INT8 1.6x ORT dense; see also the AMD EPYC item below).",
     "- One-off experiments (2026-12-01, another machine: AMD EPYC, 2 logical CPUs, AVX2 without AVX-512 or VNNI, so "
     "DeepSparse emulates INT8; yolov5s 640 random weights, one-shot `yolov5s.pruned_quant.yaml` (unstructured, 81% of"
     " conv weights zero), batch 1, one process, 15 interleaved rounds with onnxruntime dense FP32 (150-180 ms)):",

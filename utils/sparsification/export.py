@@ -139,20 +139,19 @@ def export_quantized_onnx(model: nn.Module, path: str | Path, imgsz: tuple[int, 
     return path
 
 
-def _scalar_weight_zero_points(graph: Any) -> int:
+def _scalar_weight_zero_points(graph: Any) -> None:
     """Write each ConvInteger's per-channel weight zero point as one scalar when its entries are equal.
 
     Per-channel weight scales (``strategy: channel``) make SparseML write a zero point per output channel, all equal
     for symmetric weights; onnxruntime's ConvInteger rejects any zero point that is not a scalar ("Non per-tensor
     quantization is not supported") while per-channel *scales* live in the rescale Mul, so one scalar is exact.
-    Returns the number of convolutions changed; unequal zero points (asymmetric weights) are an error.
+    Unequal zero points (asymmetric weights) are an error.
     """
     import numpy as np
     from onnx import numpy_helper
 
     initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
     scalars: dict[str, str] = {}
-    changed = 0
     for node in graph.graph.node:
         if node.op_type != "ConvInteger" or len(node.input) < 4 or node.input[3] not in initializers:
             continue
@@ -168,12 +167,10 @@ def _scalar_weight_zero_points(graph: Any) -> int:
             graph.graph.initializer.append(numpy_helper.from_array(np.array(zero_point.flat[0], zero_point.dtype),
                                                                    name))
         node.input[3] = name
-        changed += 1
     used = {name for node in graph.graph.node for name in node.input}
     kept = [tensor for tensor in graph.graph.initializer if tensor.name in used or tensor.name not in scalars]
     del graph.graph.initializer[:]
     graph.graph.initializer.extend(kept)  # the replaced per-channel zero points are gone, everything else stays
-    return changed
 
 
 def _set_shape(value_info: Any, dims: list) -> None:
