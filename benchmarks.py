@@ -7,6 +7,7 @@ measured in the same process, because this shared machine's absolute timings dri
     python benchmarks.py --only throughput      # training / validation images per second
     python benchmarks.py --only demo            # time `python demo.py` and record the mAP it reaches
     python benchmarks.py --only accuracy        # dense yolov5n, then dense / pruned_quant fine-tunes of it
+    python benchmarks.py --only scratch         # dense yolov5n and the same run with a pruned_quant recipe
     python benchmarks.py --only runtime         # ONNX files in onnxruntime / DeepSparse (--quick: a few minutes)
 """
 
@@ -164,6 +165,10 @@ SPARSITY_ARGS = {"final_sparsity_heavy": 0.85, "final_sparsity_inner": 0.7, "fin
 DENSE_CONTINUE_ARGS = {"quantization_epochs": 2, "init_lr": 0.001, "final_lr": 0.0001, "qat_init_lr": 0.0001,
                        "qat_final_lr": 1.0e-6}
 DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml"]
+# The scratch section: the dense run's command plus this recipe (no learning-rate modifiers, so YOLOv5's schedule
+# and warm-up run exactly as in the dense run), at the fine-tunes' sparsities (SPARSITY_ARGS).
+SCRATCH_RECIPE = "recipes/yolov5n.pruned_quant_scratch.yaml"
+SCRATCH_CURVE_POINTS = 6  # epochs at which the section lists both runs' mAP@0.5:0.95 (where the gap opens)
 
 # The control: the same fine-tune (epochs, optimizer, learning-rate modifiers of the pruned_quant recipe) with no
 # pruning, quantization or distillation, so that the dense model gets every epoch the sparse ones get.
@@ -234,14 +239,19 @@ def finished_run(run_dir: Path, epochs: int, expected: dict) -> bool:
     return done and all(saved.get(key) == value for key, value in expected.items())
 
 
+def scratch_settings(common: list[str]) -> dict:
+    """The opt.yaml settings that a from-scratch run (DENSE_ARGS and ``common``) must match to be reused."""
+    flags = dict(zip(DENSE_ARGS[::2], DENSE_ARGS[1::2]))
+    return {"weights": flags["--weights"], "optimizer": flags["--optimizer"], "hyp": flags["--hyp"],
+            "cfg": flags["--cfg"], "imgsz": int(common[common.index("--imgsz") + 1]),
+            "data": common[common.index("--data") + 1]}
+
+
 def dense_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool]:
     """Train the dense model, or reuse a finished run of the same settings (a rerun then trains only the
     fine-tunes). Returns the run folder and whether it was reused."""
     run_dir = project / "dense"
-    flags = dict(zip(DENSE_ARGS[::2], DENSE_ARGS[1::2]))
-    expected = {"epochs": epochs, "optimizer": flags["--optimizer"], "hyp": flags["--hyp"], "cfg": flags["--cfg"],
-                "imgsz": int(common[common.index("--imgsz") + 1]), "data": common[common.index("--data") + 1]}
-    if finished_run(run_dir, epochs, expected):
+    if finished_run(run_dir, epochs, {**scratch_settings(common), "epochs": epochs}):
         print(f"reusing the finished dense run {run_dir} ({epochs} epochs, same settings)", flush=True)
         return run_dir, True
     run_command(["train.py", *DENSE_ARGS, "--epochs", str(epochs), "--name", "dense", *common])
@@ -265,6 +275,20 @@ def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[
     return run_dir, False
 
 
+def sparse_scratch_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool]:
+    """The dense run's command with SCRATCH_RECIPE at ``epochs`` epochs and the sparsities of the fine-tunes, or a
+    finished run of the same settings. Returns the run folder and whether it was reused."""
+    run_dir = project / "pruned_quant_scratch"
+    recipe_args = {"num_epochs": epochs, **SPARSITY_ARGS}
+    expected = {**scratch_settings(common), "sparsification_recipe": SCRATCH_RECIPE, "recipe_args": recipe_args}
+    if finished_run(run_dir, epochs, expected):
+        print(f"reusing the finished run {run_dir} ({epochs} epochs from scratch, same settings)", flush=True)
+        return run_dir, True
+    run_command(["train.py", *DENSE_ARGS, "--sparsification-recipe", SCRATCH_RECIPE, "--recipe-args",
+                 json.dumps(recipe_args), "--name", run_dir.name, *common])
+    return run_dir, False
+
+
 def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sparse_args: dict) -> list[str]:
     """train.py arguments of the fine-tune ``name`` (SPARSE_VARIANTS) from ``start``: the pruned_quant recipe with
     the pruning variables, or the variant's own recipe with the learning-rate ones only."""
@@ -275,6 +299,12 @@ def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sp
     cfg = ["--cfg", variant["cfg"]] if variant.get("cfg") else []
     return ["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, *cfg, "--sparsification-recipe",
             recipe, "--recipe-args", json.dumps(recipe_args), *teacher, "--name", name]
+
+
+def benchmark_args(data: str, imgsz: int, batch: int, project: Path) -> list[str]:
+    """train.py arguments that every run of the accuracy benchmarks shares."""
+    return ["--data", data, "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
+            "--project", str(project), "--exist-ok", "--noplots"]
 
 
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = "data/shapes.yaml",
@@ -290,8 +320,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     """
     continue_epochs = continue_epochs or finetune_epochs
     project.mkdir(parents=True, exist_ok=True)
-    common = ["--data", data, "--imgsz", str(imgsz), "--batch-size", str(batch), "--workers", "2",
-              "--project", str(project), "--exist-ok", "--noplots"]
+    common = benchmark_args(data, imgsz, batch, project)
     control_recipe = project / "control_recipe.yaml"
     control_recipe.write_text(CONTROL_RECIPE, encoding="utf-8")
     dense_dir, reused = dense_run(project, epochs, common)
@@ -339,6 +368,39 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     return result
 
 
+def scratch(epochs: int, imgsz: int, batch: int, data: str, project: Path = BENCH_DIR / "accuracy") -> dict:
+    """Same budget from scratch: the accuracy section's dense run and the same command with SCRATCH_RECIPE (dense,
+    then GMP, then QAT, under the same YOLOv5 learning-rate schedule). The runs differ only in what the recipe does to
+    the model. Finished runs of the same settings in ``project`` are reused."""
+    project.mkdir(parents=True, exist_ok=True)
+    common = benchmark_args(data, imgsz, batch, project)
+    dense_dir, dense_reused = dense_run(project, epochs, common)
+    sparse_dir, sparse_reused = sparse_scratch_run(project, epochs, common)
+    dense_rows, sparse_rows = read_results(dense_dir), read_results(sparse_dir)
+    dense, final_phase = best_of(dense_rows), sparse_rows[-1]["phase"]
+    sparse = best_of(sparse_rows, final_phase)
+    minutes = run_minutes(sparse_dir)
+    phase_epochs = Counter(row["phase"] for row in sparse_rows)
+    step = max(epochs // SCRATCH_CURVE_POINTS, 1)
+    curve = [{"epoch": e, "dense": float(dense_rows[e]["metrics/mAP_0.5:0.95"]),
+              "sparse": float(sparse_rows[e]["metrics/mAP_0.5:0.95"]), "phase": sparse_rows[e]["phase"],
+              "sparsity": float(sparse_rows[e]["sparsity"])}
+             for e in sorted({*range(step - 1, epochs, step), epochs - 1})]
+    return {"data": data, "imgsz": imgsz, "batch": batch, "epochs": epochs, "recipe": SCRATCH_RECIPE,
+            "sparsity_args": SPARSITY_ARGS,
+            "dense_map50": float(dense["metrics/mAP_0.5"]), "dense_map": float(dense["metrics/mAP_0.5:0.95"]),
+            "dense_best_epoch": int(dense["epoch"]), "dense_minutes": run_minutes(dense_dir),
+            "dense_reused": dense_reused,
+            "sparse_map50": float(sparse["metrics/mAP_0.5"]), "sparse_map": float(sparse["metrics/mAP_0.5:0.95"]),
+            "sparse_best_epoch": int(sparse["epoch"]), "sparse_phase": final_phase,
+            "sparsity": float(sparse["sparsity"]), "sparse_minutes": minutes, "sparse_reused": sparse_reused,
+            "phase_minutes": {k: round(v * minutes / len(sparse_rows), 1) for k, v in phase_epochs.items()},
+            "phase_starts": {row["phase"]: int(row["epoch"]) for row in reversed(sparse_rows)},
+            "same_epochs": same_epochs(dense_rows, sparse_rows),
+            "recovery": float(sparse["metrics/mAP_0.5:0.95"]) / max(float(dense["metrics/mAP_0.5:0.95"]), 1e-9),
+            "curve": curve}
+
+
 def _metrics(row: dict) -> np.ndarray:
     return np.array([[0.0, 0.0, float(row["metrics/mAP_0.5"]), float(row["metrics/mAP_0.5:0.95"])]])
 
@@ -369,7 +431,8 @@ def runtime(quick: bool, data: str) -> dict:
 RESULTS = ROOT / "benchmarks.json"  # tracked beside BENCHMARKS.md: a new machine starts from the earlier sections
 # Each section of BENCHMARKS.md starts with one of these headings; a run that does not measure a section keeps its text.
 SECTION_HEADINGS = {"throughput": "## Training and validation throughput", "demo": "## The demo",
-                    "accuracy": "## Dense vs pruned", "runtime": "## Deployment speed"}
+                    "accuracy": "## Dense vs pruned", "scratch": "## Same budget from scratch",
+                    "runtime": "## Deployment speed"}
 
 
 def machine() -> str:
@@ -474,6 +537,8 @@ def render_markdown(results: dict, kept: dict[str, list[str]] | None = None) -> 
             body += ["", "\\* trained by an earlier run of the section with the same dense stages: "
                      + "; ".join(origins) + "."]
         body.append("")
+    if "scratch" in results:
+        sections["scratch"] = scratch_markdown(results["scratch"])
     if isinstance(results.get("runtime"), dict):  # older results.json files hold a list: skipped
         from utils.runtime_benchmark import markdown
 
@@ -491,6 +556,48 @@ def render_markdown(results: dict, kept: dict[str, list[str]] | None = None) -> 
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def same_epochs(dense_rows: list[dict], sparse_rows: list[dict]) -> int:
+    """How many first epochs of the two runs validated to the same mAP@0.5:0.95 (the epochs before the recipe's
+    first modifier: equal when training is deterministic, which shows that only the recipe differs)."""
+    count = 0
+    for dense, sparse in zip(dense_rows, sparse_rows):
+        if dense["metrics/mAP_0.5:0.95"] != sparse["metrics/mAP_0.5:0.95"]:
+            break
+        count += 1
+    return count
+
+
+def scratch_markdown(r: dict) -> list[str]:
+    """The scratch section: both runs, the recovery, and both mAP curves at a few epochs."""
+    starts = ", ".join(f"{phase} from epoch {epoch}" for phase, epoch in sorted(r["phase_starts"].items(),
+                                                                               key=lambda item: item[1]))
+    sparsities = ", ".join(f"{k} {v}" for k, v in r["sparsity_args"].items())
+    reused = {True: " (reused)", False: ""}
+    lines = [f"## Same budget from scratch: dense vs pruned + quantized (yolov5n, built-in shapes data: "
+             f"`{r['data']}`, {r['imgsz']} px)", "",
+             f"Both runs: `python train.py {' '.join(a if a else repr(a) for a in DENSE_ARGS)} --data {r['data']} "
+             f"--imgsz {r['imgsz']} --batch-size {r['batch']}`, {r['epochs']} epochs under YOLOv5's learning-rate "
+             f"schedule and warm-up. The sparse run adds `--recipe {r['recipe']}` ({sparsities}; phases: {starts}), "
+             "which has no learning-rate modifiers, so the two runs differ only in the pruning and the QAT (their "
+             f"first {r['same_epochs']} epochs validated to the same mAP, digit for digit). Recovery = sparse "
+             "mAP@0.5:0.95 / dense mAP@0.5:0.95, each at its best epoch (the sparse run's among its final phase: "
+             f"`best_{r['sparse_phase']}.pt`).", "",
+             "| model | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery (mAP@0.5:0.95) | best epoch | "
+             "minutes (per phase) |", "|---|---|---|---|---|---|---|",
+             f"| dense{reused[bool(r['dense_reused'])]} | {r['dense_map50']:.3f} | {r['dense_map']:.3f} | 0 | 100% | "
+             f"{r['dense_best_epoch']} | {r['dense_minutes']:.0f} |",
+             f"| pruned_quant_scratch{reused[bool(r['sparse_reused'])]} | {r['sparse_map50']:.3f} | "
+             f"{r['sparse_map']:.3f} | {r['sparsity']:.3f} | {100 * r['recovery']:.1f}% | {r['sparse_best_epoch']} | "
+             f"{r['sparse_minutes']:.0f} ({r['phase_minutes']}) |", "",
+             *(["(reused): a finished run of the same settings in the run folder, not trained again.", ""]
+               if r["dense_reused"] or r["sparse_reused"] else []),
+             "mAP@0.5:0.95 of both runs during training (validation after each epoch):", "",
+             "| epoch | dense | pruned_quant_scratch | its phase | its conv weight sparsity |", "|---|---|---|---|---|",
+             *[f"| {p['epoch']} | {p['dense']:.3f} | {p['sparse']:.3f} | {p['phase']} | {p['sparsity']:.3f} |"
+               for p in r["curve"]], ""]
+    return lines
+
+
 def keep_other_variants(previous: dict | None, result: dict, origin: str) -> dict:
     """``result`` plus the sparse rows of ``previous`` (an earlier accuracy section, run by ``origin``) for variants
     this run did not train, when both start from the same dense stages (same data, sizes, epochs, fine-tune
@@ -506,8 +613,9 @@ def keep_other_variants(previous: dict | None, result: dict, origin: str) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["throughput", "demo", "accuracy", "runtime"], action="append")
-    parser.add_argument("--epochs", type=int, default=18, help="accuracy: dense epochs from scratch")
+    parser.add_argument("--only", choices=["throughput", "demo", "accuracy", "scratch", "runtime"], action="append")
+    parser.add_argument("--epochs", type=int, default=18,
+                        help="accuracy and scratch: epochs from scratch (dense, and the scratch section's sparse run)")
     parser.add_argument("--finetune-epochs", type=int, default=10,
                         help="accuracy: epochs of each fine-tune (control and pruned_quant recipe runs)")
     parser.add_argument("--continue-epochs", type=int, default=None,
@@ -521,7 +629,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per throughput measurement")
     parser.add_argument("--quick", action="store_true", help="runtime section: fewer runs, mAP at 320 only (minutes)")
     opt = parser.parse_args()
-    sections = opt.only or ["throughput", "demo", "accuracy", "runtime"]
+    sections = opt.only or ["throughput", "demo", "accuracy", "scratch", "runtime"]
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
     if "throughput" in sections:
@@ -535,6 +643,8 @@ def main() -> None:
         results["accuracy"] = keep_other_variants(
             results.get("accuracy"), accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data,
                                               tuple(opt.variants), opt.continue_epochs, opt.project), origin)
+    if "scratch" in sections:
+        results["scratch"] = scratch(opt.epochs, opt.imgsz, 32, opt.data, opt.project)
     if "runtime" in sections:
         results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
     command = "python benchmarks.py " + " ".join(sys.argv[1:])

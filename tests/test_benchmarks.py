@@ -90,7 +90,7 @@ def test_a_finished_dense_run_of_the_same_settings_is_reused(tmp_path, monkeypat
     run_dir = tmp_path / "dense"
     (run_dir / "weights").mkdir(parents=True)
     (run_dir / "weights" / "best.pt").write_bytes(b"x")
-    (run_dir / "opt.yaml").write_text(yaml.safe_dump({"epochs": 3, "optimizer": "AdamW", "imgsz": 224,
+    (run_dir / "opt.yaml").write_text(yaml.safe_dump({"epochs": 3, "weights": "", "optimizer": "AdamW", "imgsz": 224,
                                                       "data": "data/shapes_small.yaml", "cfg": "yolov5n.yaml",
                                                       "hyp": "data/hyps/hyp.short.yaml"}))
     (run_dir / "results.csv").write_text("epoch,phase\n0,dense\n1,dense\n2,dense\n")
@@ -196,6 +196,61 @@ def test_sections_a_run_does_not_measure_keep_their_text_and_machine() -> None:
            "demo`, 2026-12-01 19:00 UTC, on Machine B (versions B).\n\n8.0 min for train (10 epochs)" in text
     assert text.index("## Training and validation") < text.index("## The demo") < text.index("## Deployment speed")
     assert text.endswith("old runtime table\n")
+
+
+def fake_run(run_dir, settings: dict, maps: list[float], phases: list[str]) -> None:
+    """A finished train.py run folder: opt.yaml, results.csv (one row per mAP@0.5:0.95 in ``maps``) and weights."""
+    import yaml
+
+    (run_dir / "weights").mkdir(parents=True)
+    (run_dir / "opt.yaml").write_text(yaml.safe_dump(settings))
+    rows = [f"{e},{2 * m},{m},{p},{0.77 if p != 'dense' else 0}" for e, (m, p) in enumerate(zip(maps, phases))]
+    (run_dir / "results.csv").write_text("epoch,metrics/mAP_0.5,metrics/mAP_0.5:0.95,phase,sparsity\n"
+                                         + "\n".join(rows) + "\n")
+    for name in ("best.pt", "last.pt"):
+        (run_dir / "weights" / name).write_bytes(b"x")
+
+
+def test_the_scratch_section_runs_the_dense_command_plus_the_recipe_and_divides_by_the_dense_run(
+        tmp_path, monkeypatch) -> None:
+    """Same budget from scratch: the sparse run is the dense run's command with the scratch recipe (nothing else
+    changes), a finished one is reused, and recovery is its final phase's best mAP over the dense run's best."""
+    import json
+
+    common = benchmarks.benchmark_args("data/shapes_small.yaml", 224, 32, tmp_path)
+    settings = {"weights": "", "cfg": "yolov5n.yaml", "optimizer": "AdamW", "hyp": "data/hyps/hyp.short.yaml",
+                "imgsz": 224, "data": "data/shapes_small.yaml"}
+    fake_run(tmp_path / "dense", {**settings, "epochs": 6}, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], ["dense"] * 6)
+    commands = []
+    monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
+    with __import__("pytest").raises(FileNotFoundError):  # not trained yet: the command runs (here: does nothing)
+        benchmarks.scratch(6, 224, 32, "data/shapes_small.yaml", tmp_path)
+    dense_command = ["train.py", *benchmarks.DENSE_ARGS, "--epochs", "6", "--name", "dense", *common]
+    recipe_args = {"num_epochs": 6, **benchmarks.SPARSITY_ARGS}
+    assert commands == [["train.py", *benchmarks.DENSE_ARGS, "--sparsification-recipe", benchmarks.SCRATCH_RECIPE,
+                         "--recipe-args", json.dumps(recipe_args), "--name", "pruned_quant_scratch", *common]]
+    assert [a for a in commands[0] if a not in dense_command] == [  # the only difference from the dense run
+        "--sparsification-recipe", benchmarks.SCRATCH_RECIPE, "--recipe-args", json.dumps(recipe_args),
+        "pruned_quant_scratch"]
+
+    fake_run(tmp_path / "pruned_quant_scratch", {**settings, "sparsification_recipe": benchmarks.SCRATCH_RECIPE,
+                                                  "recipe_args": json.dumps(recipe_args)},
+             [0.1, 0.2, 0.35, 0.4, 0.57, 0.594], ["dense", "pruned", "pruned", "pruned", "pruned_quantized",
+                                                   "pruned_quantized"])
+    commands.clear()
+    result = benchmarks.scratch(6, 224, 32, "data/shapes_small.yaml", tmp_path)
+    assert commands == [] and result["dense_reused"] and result["sparse_reused"]
+    assert result["dense_map"] == 0.6 and result["sparse_map"] == 0.594 and result["sparse_best_epoch"] == 5
+    assert abs(result["recovery"] - 0.99) < 1e-9 and result["sparsity"] == 0.77
+    assert result["phase_starts"] == {"dense": 0, "pruned": 1, "pruned_quantized": 4}
+    text = "\n".join(benchmarks.scratch_markdown(result))
+    assert "Both runs: `python train.py --cfg yolov5n.yaml --weights '' --optimizer AdamW --hyp " \
+           "data/hyps/hyp.short.yaml --data data/shapes_small.yaml --imgsz 224 --batch-size 32`, 6 epochs" in text
+    assert "phases: dense from epoch 0, pruned from epoch 1, pruned_quantized from epoch 4" in text
+    assert "(their first 2 epochs validated to the same mAP, digit for digit)" in text  # 0.1, 0.2; then 0.35 != 0.3
+    assert "| pruned_quant_scratch (reused) | 1.188 | 0.594 | 0.770 | 99.0% | 5 |" in text
+    assert "| 0 | 0.100 | 0.100 | dense | 0.000 |" in text
+    assert "| 5 | 0.600 | 0.594 | pruned_quantized | 0.770 |" in text
 
 
 def test_machine_names_the_cpu_its_flags_and_the_gpu() -> None:

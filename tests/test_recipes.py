@@ -100,7 +100,7 @@ def _targets(manager, model: torch.nn.Module) -> dict[str, float]:
 
 def test_readme_lists_exactly_the_shipped_recipes() -> None:
     assert sorted(ROWS) == RECIPES
-    assert len(RECIPES) == 12
+    assert len(RECIPES) == 13
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -175,6 +175,21 @@ def test_epoch_variables_scale_with_num_epochs(recipe: str, manager_class) -> No
     for (name, start, end), (_, start2, end2) in zip(schedule(base), schedule(doubled)):
         assert start2 == pytest.approx(2 * start if start > 0 else start), name
         assert end2 == pytest.approx(2 * end if end > 0 else end), name
+
+
+def test_the_scratch_recipe_is_pruned_quant_under_the_yolov5_learning_rate(manager_class) -> None:
+    """yolov5n.pruned_quant_scratch.yaml has no learning-rate modifiers (train.py keeps YOLOv5's scheduler and
+    warm-up, as in a dense run) and no distillation; its layer groups, sparsities and QAT are pruned_quant's."""
+    scratch = manager_class.from_yaml(str(RECIPES_DIR / "yolov5n.pruned_quant_scratch.yaml"))
+    base = manager_class.from_yaml(str(RECIPES_DIR / "yolov5n.pruned_quant.yaml"))
+    assert not scratch.learning_rate_modifiers and base.learning_rate_modifiers
+    assert not [m for m in scratch.modifiers if "Distillation" in type(m).__name__]
+    assert sorted((m.params, m.final_sparsity, m.mask_type) for m in _pruning(scratch)) == sorted(
+        (m.params, m.final_sparsity, m.mask_type) for m in _pruning(base))
+    (quant,), (base_quant,) = _quantization(scratch), _quantization(base)
+    assert (quant.ignore, quant.scheme, quant.scheme_overrides) == (
+        base_quant.ignore, base_quant.scheme, base_quant.scheme_overrides)
+    assert min(m.start_epoch for m in _pruning(scratch)) == 10  # dense first: magnitudes mean something by then
 
 
 def test_pruning_modifiers_reach_the_readme_sparsity(manager_class, quiet) -> None:
