@@ -217,18 +217,26 @@ training_modifiers:
 
 
 def run_minutes(run_dir: Path) -> float:
-    """Training time of a finished run, from its files: opt.yaml is written first, weights/last.pt last."""
-    return ((run_dir / "weights" / "last.pt").stat().st_mtime - (run_dir / "opt.yaml").stat().st_mtime) / 60
+    """Training time of a finished run: the wall time its last.pt records (the parts of a resumed run added up), or,
+    for runs of versions that did not record it, the time between its first file (opt.yaml) and its last."""
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    last = run_dir / "weights" / "last.pt"
+    try:
+        seconds = load_checkpoint(last)["options"].get("train_seconds")
+    except CheckpointError:
+        seconds = None
+    if seconds is not None:
+        return float(seconds) / 60
+    return (last.stat().st_mtime - (run_dir / "opt.yaml").stat().st_mtime) / 60
 
 
-def finished_run(run_dir: Path, epochs: int, expected: dict) -> bool:
-    """Whether ``run_dir`` holds a finished run of ``epochs`` epochs whose opt.yaml has the ``expected`` settings
-    (``recipe_args`` compared as parsed JSON)."""
+def same_settings(run_dir: Path, expected: dict) -> bool:
+    """Whether the opt.yaml in ``run_dir`` has the ``expected`` settings (``recipe_args`` compared as parsed JSON)."""
     import yaml
 
     try:
         saved = yaml.safe_load((run_dir / "opt.yaml").read_text(encoding="utf-8"))
-        done = len(read_results(run_dir)) == epochs and (run_dir / "weights" / "best.pt").is_file()
     except (OSError, yaml.YAMLError):
         return False
     if "recipe_args" in expected:
@@ -236,7 +244,32 @@ def finished_run(run_dir: Path, epochs: int, expected: dict) -> bool:
             saved = {**saved, "recipe_args": json.loads(saved.get("recipe_args") or "{}")}
         except json.JSONDecodeError:
             return False
-    return done and all(saved.get(key) == value for key, value in expected.items())
+    return all(saved.get(key) == value for key, value in expected.items())
+
+
+def finished_run(run_dir: Path, epochs: int, expected: dict) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``epochs`` epochs with the ``expected`` settings."""
+    try:
+        done = len(read_results(run_dir)) == epochs and (run_dir / "weights" / "best.pt").is_file()
+    except OSError:
+        return False
+    return done and same_settings(run_dir, expected)
+
+
+def train_stage(run_dir: Path, epochs: int, expected: dict, command: list[str], what: str) -> bool:
+    """Reuse a finished run of the ``expected`` settings in ``run_dir`` (returns True), continue an interrupted one
+    with ``train.py --resume``, or run ``command``: a benchmark of several hours that was stopped goes on where it
+    left off when it is run again."""
+    if finished_run(run_dir, epochs, expected):
+        print(f"reusing the finished run {run_dir} ({what}, same settings)", flush=True)
+        return True
+    last = run_dir / "weights" / "last.pt"
+    if last.is_file() and same_settings(run_dir, expected):
+        print(f"resuming the interrupted run {run_dir} ({what})", flush=True)
+        run_command(["train.py", "--resume", str(last)])
+    else:
+        run_command(command)
+    return False
 
 
 def scratch_settings(common: list[str]) -> dict:
@@ -251,11 +284,9 @@ def dense_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool
     """Train the dense model, or reuse a finished run of the same settings (a rerun then trains only the
     fine-tunes). Returns the run folder and whether it was reused."""
     run_dir = project / "dense"
-    if finished_run(run_dir, epochs, {**scratch_settings(common), "epochs": epochs}):
-        print(f"reusing the finished dense run {run_dir} ({epochs} epochs, same settings)", flush=True)
-        return run_dir, True
-    run_command(["train.py", *DENSE_ARGS, "--epochs", str(epochs), "--name", "dense", *common])
-    return run_dir, False
+    command = ["train.py", *DENSE_ARGS, "--epochs", str(epochs), "--name", "dense", *common]
+    expected = {**scratch_settings(common), "epochs": epochs}
+    return run_dir, train_stage(run_dir, epochs, expected, command, f"dense, {epochs} epochs")
 
 
 def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[str], recipe: Path,
@@ -267,12 +298,9 @@ def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[
     expected = {"weights": str(start), "sparsification_recipe": str(recipe), "recipe_args": recipe_args,
                 "optimizer": "AdamW", "imgsz": int(common[common.index("--imgsz") + 1]),
                 "data": common[common.index("--data") + 1]}
-    if finished_run(run_dir, epochs, expected):
-        print(f"reusing the finished run {run_dir} ({epochs} epochs from {start}, same settings)", flush=True)
-        return run_dir, True
-    run_command(["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, "--sparsification-recipe",
-                 str(recipe), "--recipe-args", json.dumps(recipe_args), "--name", name])
-    return run_dir, False
+    command = ["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, "--sparsification-recipe",
+               str(recipe), "--recipe-args", json.dumps(recipe_args), "--name", name]
+    return run_dir, train_stage(run_dir, epochs, expected, command, f"{epochs} epochs from {start}")
 
 
 def sparse_scratch_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool]:
@@ -281,12 +309,9 @@ def sparse_scratch_run(project: Path, epochs: int, common: list[str]) -> tuple[P
     run_dir = project / "pruned_quant_scratch"
     recipe_args = {"num_epochs": epochs, **SPARSITY_ARGS}
     expected = {**scratch_settings(common), "sparsification_recipe": SCRATCH_RECIPE, "recipe_args": recipe_args}
-    if finished_run(run_dir, epochs, expected):
-        print(f"reusing the finished run {run_dir} ({epochs} epochs from scratch, same settings)", flush=True)
-        return run_dir, True
-    run_command(["train.py", *DENSE_ARGS, "--sparsification-recipe", SCRATCH_RECIPE, "--recipe-args",
-                 json.dumps(recipe_args), "--name", run_dir.name, *common])
-    return run_dir, False
+    command = ["train.py", *DENSE_ARGS, "--sparsification-recipe", SCRATCH_RECIPE, "--recipe-args",
+               json.dumps(recipe_args), "--name", run_dir.name, *common]
+    return run_dir, train_stage(run_dir, epochs, expected, command, f"{epochs} epochs from scratch")
 
 
 def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sparse_args: dict) -> list[str]:
@@ -312,7 +337,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
              project: Path = BENCH_DIR / "accuracy") -> dict:
     """Dense yolov5n in two stages (from scratch, then ``continue_epochs`` more, by default ``finetune_epochs``);
     from its best checkpoint, the same fine-tune dense (the control) and pruned + quantized (the recipe's
-    ``variants``, see SPARSE_VARIANTS). Finished runs of the same settings in ``project`` are reused.
+    ``variants``, see SPARSE_VARIANTS). Finished runs of the same settings in ``project`` are reused, interrupted
+    ones resumed (train_stage).
 
     Same budget: the control and each sparse run train ``finetune_epochs`` from the same checkpoint with the same
     optimizer and learning-rate schedule. Recovery divides a sparse run's mAP@0.5:0.95 by the better of the dense
@@ -371,7 +397,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
 def scratch(epochs: int, imgsz: int, batch: int, data: str, project: Path = BENCH_DIR / "accuracy") -> dict:
     """Same budget from scratch: the accuracy section's dense run and the same command with SCRATCH_RECIPE (dense,
     then GMP, then QAT, under the same YOLOv5 learning-rate schedule). The runs differ only in what the recipe does to
-    the model. Finished runs of the same settings in ``project`` are reused."""
+    the model. Finished runs of the same settings in ``project`` are reused, interrupted ones resumed."""
     project.mkdir(parents=True, exist_ok=True)
     common = benchmark_args(data, imgsz, batch, project)
     dense_dir, dense_reused = dense_run(project, epochs, common)
@@ -621,7 +647,8 @@ def main() -> None:
     parser.add_argument("--continue-epochs", type=int, default=None,
                         help="accuracy: epochs of the continued dense stage (default: --finetune-epochs)")
     parser.add_argument("--project", type=Path, default=BENCH_DIR / "accuracy",
-                        help="accuracy: run folder; finished runs of the same settings in it are reused")
+                        help="accuracy: run folder; finished runs of the same settings in it are reused, "
+                             "interrupted ones resumed")
     parser.add_argument("--variants", nargs="+", choices=sorted(SPARSE_VARIANTS), default=list(DEFAULT_VARIANTS),
                         help="accuracy: sparse fine-tunes to run")
     parser.add_argument("--imgsz", type=int, default=224)

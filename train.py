@@ -155,8 +155,7 @@ def resolve_resume(opt: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
         raise TrainingError(f"--resume with a different recipe ({opt.sparsification_recipe}) than the run used "
                             f"({saved.sparsification_recipe}); drop --sparsification-recipe to resume, or start a new "
                             f"run with --weights {path}")
-    saved.resume = str(path)
-    saved.weights = str(path)
+    saved.resume = str(path)  # opt.yaml keeps the weights the run started from
     saved.device, saved.workers = opt.device or saved.device, opt.workers
     return saved, checkpoint
 
@@ -179,6 +178,7 @@ class RunState:
     ema_enabled: bool = True
     amp_enabled: bool = False
     last_optimizer_step: int = -1  # global batch index of the last optimizer step (gradient accumulation)
+    train_seconds: float = 0.0  # wall time of the epochs trained so far, resumed parts included (benchmarks read it)
 
 
 def build_model(opt: argparse.Namespace, nc: int, hyp: dict, resume_checkpoint: dict | None,
@@ -341,7 +341,8 @@ def write_checkpoints(*, save_dir: Path, model: nn.Module, ema: ModelEMA | None,
         scaler_state=scaler_state, epoch=epoch, best_fitness=state.best_fitness,
         phase_best_fitness=state.phase_best_fitness, options={**vars(opt), "phase": state.phase,
                                                               "ema_enabled": state.ema_enabled,
-                                                              "amp_enabled": state.amp_enabled},
+                                                              "amp_enabled": state.amp_enabled,
+                                                              "train_seconds": state.train_seconds},
         hyp=hyp, sparsification=sparsifier.checkpoint_state(epoch, final=final), final=final)
     weights_dir = save_dir / "weights"
     save_checkpoint(checkpoint, weights_dir / "last.pt")
@@ -523,6 +524,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     results = (0.0,) * 7
     t0 = time.time()
     for epoch in range(state.start_epoch, epochs):
+        epoch_started = time.time()
         directives = sparsifier.epoch_start(epoch)
         for note in directives.notes:
             LOGGER.info("recipe: %s", note)
@@ -568,6 +570,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
             phase_improved = fitness_value >= state.phase_best_fitness.get(state.phase, -1.0)
             if phase_improved:
                 state.phase_best_fitness[state.phase] = fitness_value
+            state.train_seconds += time.time() - epoch_started
             append_results(results_file, {
                 "epoch": epoch, **dict(zip(RESULT_COLUMNS[1:4], mean_loss.tolist())),
                 **dict(zip(RESULT_COLUMNS[4:11], results)), **dict(zip(RESULT_COLUMNS[11:14], learning_rates)),
@@ -612,7 +615,8 @@ def restore_run_state(checkpoint: dict, optimizer, scaler, ema: ModelEMA | None,
     LOGGER.info("resuming from epoch %d", checkpoint["epoch"] + 1)
     return RunState(start_epoch=int(checkpoint["epoch"]) + 1, best_fitness=float(checkpoint["best_fitness"]),
                     phase=options.get("phase", "dense"), phase_best_fitness=dict(checkpoint["phase_best_fitness"]),
-                    ema_enabled=ema_enabled, amp_enabled=bool(options.get("amp_enabled", False)))
+                    ema_enabled=ema_enabled, amp_enabled=bool(options.get("amp_enabled", False)),
+                    train_seconds=float(options.get("train_seconds", 0.0)))
 
 
 def finish_run(save_dir: Path, data: dict, opt: argparse.Namespace, compute_loss, val_loader,

@@ -102,6 +102,27 @@ def test_a_finished_dense_run_of_the_same_settings_is_reused(tmp_path, monkeypat
     assert commands and "--epochs" in commands[0] and commands[0][commands[0].index("--epochs") + 1] == "4"
 
 
+def test_an_interrupted_stage_resumes_and_one_of_other_settings_trains_anew(tmp_path, monkeypatch) -> None:
+    """A benchmark stopped mid-run (hours of CPU training) goes on with train.py --resume when it is run again."""
+    settings = {"weights": "", "cfg": "yolov5n.yaml", "optimizer": "AdamW", "hyp": "data/hyps/hyp.short.yaml",
+                "imgsz": 224, "data": "data/shapes_small.yaml", "epochs": 3}
+    fake_run(tmp_path / "dense", settings, [0.1], ["dense"])  # 1 of 3 epochs done
+    commands = []
+    monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
+    common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
+    assert benchmarks.dense_run(tmp_path, 3, common) == (tmp_path / "dense", False)
+    assert commands == [["train.py", "--resume", str(tmp_path / "dense" / "weights" / "last.pt")]]
+    commands.clear()
+    benchmarks.dense_run(tmp_path, 4, common)  # another length: not this run's continuation
+    assert commands[0][:2] == ["train.py", *benchmarks.DENSE_ARGS[:1]] and "--resume" not in commands[0]
+
+
+def test_run_minutes_come_from_the_checkpoint_when_it_records_them(tmp_path, monkeypatch) -> None:
+    fake_run(tmp_path / "run", {}, [0.1], ["dense"])
+    monkeypatch.setattr("utils.checkpoint.load_checkpoint", lambda path: {"options": {"train_seconds": 1500.0}})
+    assert benchmarks.run_minutes(tmp_path / "run") == 25.0
+
+
 def test_a_dense_stage_is_reused_only_with_the_same_start_recipe_and_recipe_args(tmp_path, monkeypatch) -> None:
     import json
 

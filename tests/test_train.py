@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
 import train
 from utils.checkpoint import load_checkpoint
@@ -41,12 +42,16 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, shapes_dataset
     uninterrupted = load_checkpoint(run_dir / "weights" / "last.pt")
     # Pretend the run died after epoch 0: only epoch0.pt survived as last.pt.
     shutil.copy(run_dir / "weights" / "epoch0.pt", run_dir / "weights" / "last.pt")
+    first_part = load_checkpoint(run_dir / "weights" / "last.pt")["options"]["train_seconds"]
     train.run(resume=str(run_dir / "weights" / "last.pt"))
     resumed = load_checkpoint(run_dir / "weights" / "last.pt")
     assert resumed["epoch"] == uninterrupted["epoch"] == 2
     for key, value in uninterrupted["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert len((run_dir / "results.csv").read_text().strip().splitlines()) == 4  # header + 3 epochs, no repeats
+    # The training time adds up over the parts (benchmarks report it), and opt.yaml still names the starting weights.
+    assert 0 < first_part < resumed["options"]["train_seconds"]
+    assert yaml.safe_load((run_dir / "opt.yaml").read_text())["weights"] == ""
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
