@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import benchmarks
 from utils import runtime_benchmark
 
@@ -244,7 +246,7 @@ def test_the_scratch_section_runs_the_dense_command_plus_the_recipe_and_divides_
     fake_run(tmp_path / "dense", {**settings, "epochs": 6}, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], ["dense"] * 6)
     commands = []
     monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
-    with __import__("pytest").raises(FileNotFoundError):  # not trained yet: the command runs (here: does nothing)
+    with pytest.raises(FileNotFoundError):  # not trained yet: the command runs (here: does nothing)
         benchmarks.scratch(6, 224, 32, "data/shapes_small.yaml", tmp_path)
     dense_command = ["train.py", *benchmarks.DENSE_ARGS, "--epochs", "6", "--name", "dense", *common]
     recipe_args = {"num_epochs": 6, **benchmarks.SPARSITY_ARGS}
