@@ -380,7 +380,6 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
         rows = read_results(project / name)
         final_phase = rows[-1]["phase"]
         sparse = best_of(rows, final_phase)
-        phase_epochs = Counter(row["phase"] for row in rows)
         minutes = run_minutes(project / name)
         result["sparse"].append({
             "name": name, "recipe_args": json.dumps(variant["recipe_args"]) if variant["recipe_args"] else "",
@@ -390,7 +389,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
             "sparsity": float(sparse["sparsity"]),
             "recovery": float(sparse["metrics/mAP_0.5:0.95"]) / max(result["baseline_map"], 1e-9),
             "minutes": minutes,
-            "phase_minutes": {k: round(v * minutes / max(len(rows), 1), 1) for k, v in phase_epochs.items()}})
+            "phase_minutes": phase_minutes(rows, minutes)})
     return result
 
 
@@ -406,7 +405,6 @@ def scratch(epochs: int, imgsz: int, batch: int, data: str, project: Path = BENC
     dense, final_phase = best_of(dense_rows), sparse_rows[-1]["phase"]
     sparse = best_of(sparse_rows, final_phase)
     minutes = run_minutes(sparse_dir)
-    phase_epochs = Counter(row["phase"] for row in sparse_rows)
     step = max(epochs // SCRATCH_CURVE_POINTS, 1)
     curve = [{"epoch": e, "dense": float(dense_rows[e]["metrics/mAP_0.5:0.95"]),
               "sparse": float(sparse_rows[e]["metrics/mAP_0.5:0.95"]), "phase": sparse_rows[e]["phase"],
@@ -420,11 +418,17 @@ def scratch(epochs: int, imgsz: int, batch: int, data: str, project: Path = BENC
             "sparse_map50": float(sparse["metrics/mAP_0.5"]), "sparse_map": float(sparse["metrics/mAP_0.5:0.95"]),
             "sparse_best_epoch": int(sparse["epoch"]), "sparse_phase": final_phase,
             "sparsity": float(sparse["sparsity"]), "sparse_minutes": minutes, "sparse_reused": sparse_reused,
-            "phase_minutes": {k: round(v * minutes / len(sparse_rows), 1) for k, v in phase_epochs.items()},
+            "phase_minutes": phase_minutes(sparse_rows, minutes),
             "phase_starts": {row["phase"]: int(row["epoch"]) for row in reversed(sparse_rows)},
             "same_epochs": same_epochs(dense_rows, sparse_rows),
             "recovery": float(sparse["metrics/mAP_0.5:0.95"]) / max(float(dense["metrics/mAP_0.5:0.95"]), 1e-9),
             "curve": curve}
+
+
+def phase_minutes(rows: list[dict], minutes: float) -> dict[str, float]:
+    """A run's ``minutes`` shared out over its phases by their number of epochs (results.csv rows)."""
+    return {phase: round(count * minutes / max(len(rows), 1), 1)
+            for phase, count in Counter(row["phase"] for row in rows).items()}
 
 
 def _metrics(row: dict) -> np.ndarray:
