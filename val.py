@@ -51,6 +51,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="exp", help="save to project/name")
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
+    parser.add_argument("--ap-method", default="yolov5", choices=["yolov5", "coco"],
+                        help="AP integration: Ultralytics' interpolated trapezoid (as its val prints) or COCO's")
     from utils.inference import add_runtime_arguments
 
     add_runtime_arguments(parser)
@@ -83,7 +85,7 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs" / "val",
         name: str = "exp", exist_ok: bool = False, half: bool = False, model=None, dataloader=None,
         save_dir: Path = Path(""), plots: bool = True, compute_loss=None, runtime: str | None = None,
-        threads: int | None = None):
+        threads: int | None = None, ap_method: str = "yolov5"):
     """Returns ``((P, R, mAP@0.5, mAP@0.5:0.95, box_loss, obj_loss, cls_loss), per-class mAP, speeds_ms)``."""
     from utils.dataset_config import check_dataset
 
@@ -195,7 +197,8 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
     ap_classes = np.zeros(0, dtype=int)
     p = r = ap50 = ap = np.zeros(0)
     if len(stats) and stats[0].any():
-        _tp, _fp, p, r, _f1, ap, ap_classes = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names)
+        _tp, _fp, p, r, _f1, ap, ap_classes = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names,
+                                                       ap_method=ap_method)
         ap50, ap = ap[:, 0], ap.mean(1)
         mp, mr, map50, map50_95 = p.mean(), r.mean(), ap50.mean(), ap.mean()
     instances = np.bincount(stats[3].astype(int), minlength=nc) if len(stats) else np.zeros(nc, dtype=int)

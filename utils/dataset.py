@@ -338,7 +338,7 @@ class LoadImagesAndLabels(Dataset):
     def _make_rect(self, batch_size: int, pad: float) -> None:
         """Sort by aspect ratio and give each batch the smallest stride-multiple shape that fits it."""
         ar = self.shapes[:, 1] / self.shapes[:, 0]  # h / w
-        order = ar.argsort()
+        order = ar.argsort(kind="stable")  # equal shapes keep file order
         self.im_files = [self.im_files[i] for i in order]
         self.label_files = [self.label_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]

@@ -1,8 +1,9 @@
 """Detection metrics: matching predictions to labels, per-class AP over IoU thresholds, confusion matrix, fitness.
 
-Matching and the P/R/F1 summary follow YOLOv5's val (precision and recall are reported at the confidence that maximizes
-the class-mean F1). AP samples the monotone precision envelope at 101 recall points the way pycocotools does, so
-val's mAP tracks the COCO numbers Ultralytics publishes; Ultralytics' own trapezoid AP is available on request.
+Matching, AP and the P/R/F1 summary reproduce Ultralytics YOLOv5 v7.0's val, so the same predictions print the same
+numbers: each detection takes its best-IoU label, each label goes to its most confident claimant; AP integrates the
+interpolated precision envelope with the trapezoid rule; P and R are read at the confidence that maximizes the
+smoothed class-mean F1. ``compute_ap(method="coco")`` samples the envelope as pycocotools does instead.
 """
 
 from __future__ import annotations
@@ -32,16 +33,15 @@ def smooth(y: np.ndarray, fraction: float = 0.05) -> np.ndarray:
 
 
 def compute_ap(recall: np.ndarray, precision: np.ndarray,
-               method: str = "coco") -> tuple[float, np.ndarray, np.ndarray]:
+               method: str = "yolov5") -> tuple[float, np.ndarray, np.ndarray]:
     """Average precision from a PR curve (points ordered by falling confidence), on 101 recall points.
 
     Precision is first replaced by its running maximum from the right (the envelope).
-    ``method="coco"`` (default) reproduces pycocotools: the mean, over recall thresholds 0, 0.01, ..., 1, of the
-    envelope at the first point reaching that recall (0 where none does), so perfect predictions score 1.
-    ``method="yolov5"`` reproduces Ultralytics' ``compute_ap``: the curve closed with (0, 1) and (1, 0), linearly
-    interpolated and integrated with the trapezoid rule. It caps perfect predictions at 0.995 and credits a
-    triangle past the last recall, so it reads higher than COCO on small sets (the gap shrinks with a low
-    confidence threshold, as in val).
+    ``method="yolov5"`` (default, what Ultralytics' val prints): the curve closed with (0, 1) and (1, 0), linearly
+    interpolated at 101 recall points and integrated with the trapezoid rule. It caps perfect predictions at 0.995
+    and credits a triangle past the last recall, so it reads higher than COCO where recall stays low.
+    ``method="coco"`` reproduces pycocotools: the mean, over recall thresholds 0, 0.01, ..., 1, of the envelope at
+    the first point reaching that recall (0 where none does), so perfect predictions score 1.
     Returns the AP and the closed envelope (precision, recall) for plotting.
     """
     recall, precision = np.asarray(recall, dtype=np.float64), np.asarray(precision, dtype=np.float64)
@@ -62,7 +62,7 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray,
 
 def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, plot: bool = False,
                  save_dir: Path = Path("."), names: dict | list | None = None, eps: float = 1e-16,
-                 prefix: str = "", ap_method: str = "coco") -> tuple[np.ndarray, ...]:
+                 prefix: str = "", ap_method: str = "yolov5") -> tuple[np.ndarray, ...]:
     """Per-class AP at each IoU threshold, plus P, R and F1 at one shared confidence.
 
     Args:
@@ -126,12 +126,22 @@ def _class_names(names: dict | list | None, classes: np.ndarray) -> dict[int, st
     return {int(c): str(lookup.get(int(c), int(c))) for c in classes}
 
 
-def _one_to_one(pairs: np.ndarray) -> np.ndarray:
-    """Reduce candidate [label, detection, iou] rows so each label and detection appears once, best IoU first."""
+def _one_to_one(pairs: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
+    """Reduce candidate [label, detection, iou] rows so each label and detection appears once.
+
+    Each detection first keeps its best-IoU label. A label claimed by several detections then goes to the most
+    confident one (ties: the earlier detection), the rule of Ultralytics' val and, for a detection with one
+    candidate label, of COCO's greedy matching. Without ``confidence`` it goes to the best IoU instead, the rule of
+    Ultralytics' confusion matrix.
+    """
     if pairs.shape[0] > 1:
-        pairs = pairs[pairs[:, 2].argsort()[::-1]]
+        pairs = pairs[pairs[:, 2].argsort(kind="stable")[::-1]]
         pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
-        pairs = pairs[pairs[:, 2].argsort()[::-1]]
+        if confidence is None:
+            pairs = pairs[pairs[:, 2].argsort(kind="stable")[::-1]]
+        else:
+            detection = pairs[:, 1].astype(int)
+            pairs = pairs[np.lexsort((detection, -confidence[detection]))]
         pairs = pairs[np.unique(pairs[:, 0], return_index=True)[1]]
     return pairs
 
@@ -143,18 +153,19 @@ def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torc
         detections: (n, 6) x1, y1, x2, y2, conf, class. labels: (m, 5) class, x1, y1, x2, y2 (same pixel space).
         iouv: (t,) IoU thresholds.
     Returns:
-        (n, t) bool. At each threshold, same-class pairs above it are matched one to one by falling IoU (each
-        detection takes its best label, then each label keeps its best detection), as YOLOv5's val does.
+        (n, t) bool. At each threshold, same-class pairs at or above it are matched one to one as Ultralytics'
+        val does (see ``_one_to_one``): the most confident of the detections whose best label it is wins it.
     """
     correct = np.zeros((detections.shape[0], iouv.shape[0]), dtype=bool)
     if detections.shape[0] and labels.shape[0]:
         iou = box_iou(labels[:, 1:].float(), detections[:, :4].float())
         same_class = labels[:, 0:1] == detections[:, 5]
+        confidence = detections[:, 4].float().cpu().numpy()
         for i, threshold in enumerate(iouv.tolist()):
             label_idx, det_idx = torch.where((iou >= threshold) & same_class)
             if label_idx.shape[0]:
                 pairs = torch.stack((label_idx.float(), det_idx.float(), iou[label_idx, det_idx]), 1).cpu().numpy()
-                pairs = _one_to_one(pairs)
+                pairs = _one_to_one(pairs, confidence)
                 correct[pairs[:, 1].astype(int), i] = True
     return torch.tensor(correct, dtype=torch.bool, device=iouv.device)
 
