@@ -508,7 +508,13 @@ def render_markdown(results: dict, kept: dict[str, list[str]] | None = None) -> 
     lines = ["# Benchmarks", "",
              "Each section names the command that measured it, when, and on which machine: a run rewrites only the "
              "sections it measures, so sections can come from different machines (compare ratios within a section, "
-             "not absolute times across them). The results behind the sections are in benchmarks.json.", ""]
+             "not absolute times across them). The results behind the sections are in benchmarks.json.", "",
+             "Sections measured before 2026-12-04 scored mAP with the earlier val.py, which gave a label to the "
+             "detection of best IoU rather than the most confident one and sampled AP the COCO way; it read lower "
+             "than Ultralytics' val on the same predictions (by 14% mAP@0.5 on one Ultralytics-trained yolov5n). "
+             "Sections measured since print what Ultralytics' val prints. The older sections have not been "
+             "re-measured yet (their checkpoints were not kept): compare their ratios, not their mAPs with newer "
+             "ones.", ""]
     sections: dict[str, list[str]] = {}
     if "throughput" in results:
         sections["throughput"] = [

@@ -49,7 +49,8 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray,
     mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision, [0.0])))))
     x = np.linspace(0, 1, 101)
     if method == "yolov5":
-        return float(np.trapz(np.interp(x, mrec, mpre), x)), mpre, mrec
+        y = np.interp(x, mrec, mpre)
+        return float(((y[1:] + y[:-1]) / 2 * np.diff(x)).sum()), mpre, mrec  # trapezoids (np.trapz left numpy 2)
     if method != "coco":
         raise ValueError(f"unknown AP method '{method}'; use 'coco' or 'yolov5'")
     if recall.size == 0:
