@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import benchmarks
@@ -32,16 +34,18 @@ def runtime_section() -> dict:
 
 
 def accuracy_section() -> dict:
-    return {"data": "data/shapes_small.yaml", "imgsz": 224, "dense_epochs": 60, "finetune_epochs": 30,
-            "optimizer": "AdamW", "finetune_args": {"num_epochs": 30, "init_lr": 0.001},
-            "dense_map50": 0.5, "dense_map": 0.3, "dense_best_epoch": 59, "dense_minutes": 36.0,
-            "dense_reused": True, "continue_args": {"init_lr": 0.001},
-            "start_map50": 0.51, "start_map": 0.31, "start_minutes": 18.0, "start_reused": False,
-            "control_map50": 0.52, "control_map": 0.32, "control_minutes": 20.0, "baseline": "control",
-            "baseline_map": 0.32,
-            "sparse": [{"name": "pruned_quant_distill", "recipe_args": "", "teacher": True, "epochs": 30,
-                        "phase": "pruned_quantized", "map50": 0.5, "map": 0.3168, "sparsity": 0.832,
-                        "recovery": 0.3168 / 0.32, "minutes": 25.0, "phase_minutes": {"pruned": 23.0}}]}
+    return {"protocol": 2, "data": "data/shapes_tiny.yaml", "imgsz": 160, "dense_epochs": 400, "finetune_epochs": 30,
+            "optimizer": "AdamW", "finetune_args": {"num_epochs": 30, "init_lr": 0.002},
+            "start_map50": 0.5, "start_map": 0.32, "dense_best_epoch": 397, "dense_minutes": 85.0,
+            "dense_reused": True, "curve": "BENCHMARKS_dense_curve.png",
+            "convergence": {"window": 30, "best_before_window": 0.318, "best": 0.32, "rise": 0.32 / 0.318 - 1,
+                            "converged": True, "final_lr": 3e-05, "epochs": 400},
+            "control_map50": 0.51, "control_map": 0.321, "control_minutes": 7.0, "control_reused": False,
+            "control_rise": 0.321 / 0.32 - 1, "baseline": "control", "baseline_map": 0.321,
+            "sparse": [{"name": "pruned_quant_distill", "recipe": "recipes/yolov5n.pruned_quant.yaml",
+                        "recipe_args": "", "teacher": True, "epochs": 30, "phase": "pruned_quantized", "map50": 0.5,
+                        "map": 0.3178, "sparsity": 0.77, "recovery": 0.3178 / 0.321, "minutes": 12.0,
+                        "phase_minutes": {"pruned": 11.0}}]}
 
 
 def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
@@ -55,26 +59,31 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
     text = benchmarks.render_markdown(results)
     assert "Measured by `python benchmarks.py --only accuracy`, 2026-11-28 00:58 UTC, on an unrecorded machine" in text
     assert "7.8 min for train (10 epochs)" in text and "mAP@0.5 0.077" in text
-    assert "(AdamW, `data/hyps/hyp.short.yaml`; 36 min; an earlier run of the same settings, reused)" in text
-    assert "then continued 30 epochs from its best.pt at a decaying learning rate (init_lr 0.001; 18 min)" in text
-    assert "| start + fine-tune (control) | | | 0.520 | 0.320 | 0 | 100.0% | 103.2% | 20 |" in text
-    assert "| dense, from scratch | | | 0.500 | 0.300 | 0 | 93.8% | 96.8% | 36 |" in text
-    assert "| dense, continued (the start) | | | 0.510 | 0.310 | 0 | 96.9% | 100% | 18 |" in text  # control is better
-    assert ("| pruned_quant_distill | the start |  | 0.500 | 0.317 | 0.832 | 99.0% | 102.2% | "
-            "25 ({'pruned': 23.0}) |") in text
+    assert "400 epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`, YOLOv5's learning rate falling linearly to " \
+           "3e-05; 85 min; a finished run of the same settings, reused), best epoch 397: mAP@0.5:0.95 0.320" in text
+    assert "rose 0.63% (0.318 to 0.320): converged: under the protocol's 1%" in text
+    assert "Curve: [BENCHMARKS_dense_curve.png](BENCHMARKS_dense_curve.png)" in text
+    assert "reached 0.321, +0.3% over the start, which confirms it" in text
+    assert "| dense (the start) | | | 0.500 | 0.320 | 0 | 99.7% | 85 |" in text
+    assert "| start + fine-tune (control) | | | 0.510 | 0.321 | 0 | 100.0% | 7 |" in text
+    assert ("| pruned_quant_distill | `recipes/yolov5n.pruned_quant.yaml` | the start | 0.500 | 0.318 | 0.770 | "
+            "99.0% | 12 ({'pruned': 11.0}) |") in text
     assert "| yolov5s | 640 | pruned 4-block INT8 integer | deepsparse | 35.0 |" in text
     assert "- yolov5s 640: pruned 4-block INT8 integer in deepsparse, 2.86x ORT dense FP32; best onnxruntime INT8: " \
            "pruned INT8 qdq 1.56x" in text
     assert "| 640 | ReLU | none (INT8 only) | 0% | 29.8 | 100.3 | 3.37x |" in text
     assert "- export check FAILED (the file is timed and scored all the same) for yolov5s pruned INT8 qdq: check ... " \
            "2/3 matched: FAILED" in text and "dense FP32: check" not in text
-    results["accuracy"]["continue_epochs"] = 120  # --continue-epochs: a longer continued dense stage
     results["accuracy"]["sparse"][0]["kept_from"] = "`python benchmarks.py --only accuracy`, 2026-11-28 09:05 UTC"
+    results["accuracy"]["convergence"].update(rise=0.05, converged=False)
+    results["accuracy"]["control_rise"] = 0.04
     text = benchmarks.render_markdown(results)
-    assert "then continued 120 epochs from its best.pt" in text
-    assert "| pruned_quant_distill * | the start |" in text
-    assert "\\* trained by an earlier run of the section with the same dense stages: `python benchmarks.py " \
+    assert "| pruned_quant_distill * | " in text
+    assert "\\* trained by an earlier run of the section with the same dense start: `python benchmarks.py " \
            "--only accuracy`, 2026-11-28 09:05 UTC." in text
+    assert "NOT converged" in text and "more than 1%: the start had not converged" in text
+    del results["accuracy"]["protocol"]  # an earlier layout: not rendered (its text in BENCHMARKS.md is kept)
+    assert "## Dense vs pruned" not in benchmarks.render_markdown(results)
 
 
 def test_best_of_uses_yolov5_fitness_within_a_phase() -> None:
@@ -125,16 +134,16 @@ def test_run_minutes_come_from_the_checkpoint_when_it_records_them(tmp_path, mon
     assert benchmarks.run_minutes(tmp_path / "run") == 25.0
 
 
-def test_a_dense_stage_is_reused_only_with_the_same_start_recipe_and_recipe_args(tmp_path, monkeypatch) -> None:
+def test_a_fine_tune_stage_is_reused_only_with_the_same_start_recipe_and_recipe_args(tmp_path, monkeypatch) -> None:
     import json
 
     import yaml
 
     start = tmp_path / "dense" / "weights" / "best.pt"
-    run_dir = tmp_path / "dense_continued"
+    run_dir = tmp_path / "control"
     (run_dir / "weights").mkdir(parents=True)
     (run_dir / "weights" / "best.pt").write_bytes(b"x")
-    args = {"num_epochs": 2, **benchmarks.DENSE_CONTINUE_ARGS}
+    args = {"num_epochs": 2, **benchmarks.FINETUNE_ARGS}
     recipe = tmp_path / "control_recipe.yaml"
     (run_dir / "opt.yaml").write_text(yaml.safe_dump({  # key order differs from the benchmark's: compared parsed
         "weights": str(start), "optimizer": "AdamW", "imgsz": 224, "data": "data/shapes_small.yaml",
@@ -146,7 +155,7 @@ def test_a_dense_stage_is_reused_only_with_the_same_start_recipe_and_recipe_args
     common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
 
     def run(start, recipe, recipe_args):
-        return benchmarks.recipe_run(tmp_path, "dense_continued", start, 2, common, recipe, recipe_args)
+        return benchmarks.recipe_run(tmp_path, "control", start, 2, common, recipe, recipe_args)
 
     assert run(start, recipe, args) == (run_dir, True) and commands == []
     assert run(start, recipe, {**args, "init_lr": 0.5}) == (run_dir, False)  # other variables: trained again
@@ -282,3 +291,85 @@ def test_machine_names_the_cpu_its_flags_and_the_gpu() -> None:
     description = benchmarks.machine()
     assert description.startswith(f"{benchmarks.cpu_name()}, ") and "logical CPUs, flags: " in description
     assert description.endswith("no GPU") == (not torch.cuda.is_available())
+
+
+def test_convergence_is_the_rise_of_the_best_map_over_the_last_window() -> None:
+    def rows(maps: list[float]) -> list[dict]:
+        return [{"epoch": e, "metrics/mAP_0.5:0.95": m, "x/lr0": 0.1 / (e + 1), "x/lr1": 0.01 / (e + 1)}
+                for e, m in enumerate(maps)]
+
+    plateau = benchmarks.dense_convergence(rows([0.1, 0.3, 0.5, 0.500, 0.503, 0.501]), window=3)
+    assert plateau["best_before_window"] == 0.5 and plateau["best"] == 0.503 and plateau["converged"]
+    assert abs(plateau["rise"] - 0.006) < 1e-9 and plateau["final_lr"] == 0.1 / 6
+    climbing = benchmarks.dense_convergence(rows([0.1, 0.3, 0.5, 0.51, 0.52, 0.53]), window=3)
+    assert not climbing["converged"] and abs(climbing["rise"] - 0.06) < 1e-9
+
+
+def test_each_variant_gets_the_benchmark_variables_its_recipe_defines() -> None:
+    import json
+
+    from utils.sparsification.manager import load_recipe
+
+    start, common = Path("best.pt"), ["--data", "data/shapes_tiny.yaml", "--imgsz", "160"]
+    lr_args = {"num_epochs": 30, **benchmarks.FINETUNE_ARGS}
+    sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **benchmarks.SPARSITY_ARGS}
+
+    def args_of(name: str) -> tuple[list[str], dict]:
+        command = benchmarks.variant_command(name, start, common, lr_args, sparse_args)
+        recipe_args = json.loads(command[command.index("--recipe-args") + 1])
+        load_recipe(command[command.index("--sparsification-recipe") + 1], recipe_args)  # every variable exists
+        return command, recipe_args
+
+    command, pruned = args_of("pruned_distill")
+    assert "qat_init_lr" not in pruned and pruned["final_sparsity_heavy"] == 0.85 and "--teacher-weights" in command
+    command, quant = args_of("quant")
+    assert quant == {"num_epochs": 30, "qat_init_lr": 0.0001, "qat_final_lr": 1.0e-6}
+    assert "--teacher-weights" not in command  # distillation may not overlap QAT
+    command, relu = args_of("relu_block4_quant")
+    assert command[command.index("--cfg") + 1] == "yolov5n-relu.yaml" and relu["mask_type"] == [1, 4]
+    assert relu["final_sparsity_heavy"] == 0.88 and relu["float_modules"] == runtime_benchmark.BLOCK4["float_modules"]
+
+
+def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_by_the_better_dense_model(
+        tmp_path, monkeypatch) -> None:
+    """The first call trains every stage (here: a fake train.py writes its run folder); a second call reuses them
+    all, so a benchmark spread over several sittings trains nothing twice."""
+    import json
+
+    import yaml
+
+    maps = {"dense": [0.1, 0.3, 0.5, 0.6, 0.6, 0.601], "control": [0.55, 0.6, 0.603],
+            "pruned_distill": [0.5, 0.58, 0.59], "quant": [0.59, 0.595, 0.596],
+            "pruned_quant_distill": [0.5, 0.57, 0.594], "relu_block4_quant": [0.4, 0.5, 0.58]}
+    commands = []
+
+    def fake_train(command: list[str]) -> float:  # writes what train.py would: opt.yaml, results.csv, weights
+        commands.append(command)
+        flags = {k.lstrip("-").replace("-", "_"): v for k, v in zip(command[1::2], command[2::2])}
+        settings = {"weights": flags["weights"], "optimizer": flags["optimizer"], "imgsz": int(flags["imgsz"]),
+                    "data": flags["data"], "cfg": flags.get("cfg", ""), "hyp": flags.get("hyp", ""),
+                    "epochs": int(flags.get("epochs", 3)), "teacher_weights": flags.get("teacher_weights", ""),
+                    "sparsification_recipe": flags.get("sparsification_recipe"),
+                    "recipe_args": flags.get("recipe_args")}
+        name = flags["name"]
+        phases = ["dense"] * len(maps[name]) if name in ("dense", "control") else ["pruned"] * 2 + ["quantized"]
+        fake_run(Path(flags["project"]) / name, settings, maps[name], phases)
+        (Path(flags["project"]) / name / "opt.yaml").write_text(yaml.safe_dump(settings))
+        return 0.0
+
+    monkeypatch.setattr(benchmarks, "run_command", fake_train)
+    monkeypatch.setattr(benchmarks, "run_minutes", lambda run_dir: 1.0)
+    result = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path,
+                                 curve=tmp_path / "curve.png")
+    assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control", "pruned_distill", "quant",
+                                                              "pruned_quant_distill", "relu_block4_quant"]
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    assert result["start_map"] == 0.601 and result["baseline"] == "control" and result["baseline_map"] == 0.603
+    assert result["convergence"]["epochs"] == 6 and result["control_rise"] == pytest.approx(0.603 / 0.601 - 1)
+    recoveries = {r["name"]: round(r["recovery"], 4) for r in result["sparse"]}
+    assert recoveries == {"pruned_distill": round(0.59 / 0.603, 4), "quant": round(0.596 / 0.603, 4),
+                          "pruned_quant_distill": round(0.594 / 0.603, 4), "relu_block4_quant": round(0.58 / 0.603, 4)}
+    assert json.loads(commands[-1][commands[-1].index("--recipe-args") + 1])["mask_type"] == [1, 4]
+    commands.clear()
+    again = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path, curve=tmp_path / "c.png")
+    assert commands == [] and again["dense_reused"] and again["control_reused"]
