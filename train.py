@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 
 import val as validate_module  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
+from utils.autoanchor import check_anchors  # noqa: E402
 from utils.checkpoint import (  # noqa: E402
     CheckpointError,
     build_checkpoint,
@@ -88,6 +89,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
     parser.add_argument("--noval", action="store_true", help="only validate after the final epoch")
     parser.add_argument("--noplots", action="store_true", help="save no plot files")
+    parser.add_argument("--noautoanchor", action="store_true", help="keep the model's anchors (no autoanchor check)")
     parser.add_argument("--cache", type=str, nargs="?", const="ram", default=None, help="cache images: ram or disk")
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     parser.add_argument("--multi-scale", action="store_true", help="vary image size +/- 50%%")
@@ -462,6 +464,8 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     max_label_class = max((int(lb[:, 0].max()) for lb in train_dataset.labels if len(lb)), default=-1)
     if max_label_class >= nc:
         raise TrainingError(f"{opt.data}: label class {max_label_class} exceeds nc={nc}; fix the labels or names")
+    if context.is_main and not resume_checkpoint and not opt.noautoanchor:  # DDP copies rank 0's anchors
+        check_anchors(train_dataset, model, hyp["anchor_t"], opt.imgsz)
     val_loader = None
     if context.is_main and not opt.noplots and not resume_checkpoint:
         from utils.plots import plot_labels
