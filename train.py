@@ -51,6 +51,7 @@ from utils.device import (  # noqa: E402
     select_device,
 )
 from utils.ema import ModelEMA, unwrap  # noqa: E402
+from utils.loggers import TensorBoardLogger  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.optim import build_optimizer, lr_lambda  # noqa: E402
@@ -520,6 +521,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     results_file = save_dir / "results.csv"
     if context.is_main:
         truncate_results(results_file, state.start_epoch)
+        tensorboard = TensorBoardLogger(save_dir)
     LOGGER.info("image sizes %d train, %d val; %d dataloader workers; logging to %s; training for %d epochs%s",
                 opt.imgsz, opt.imgsz, getattr(train_loader, "num_workers", 0), save_dir, epochs,
                 f" (starting at epoch {state.start_epoch})" if state.start_epoch else "")
@@ -575,10 +577,11 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
             if phase_improved:
                 state.phase_best_fitness[state.phase] = fitness_value
             state.train_seconds += time.time() - epoch_started
-            append_results(results_file, {
-                "epoch": epoch, **dict(zip(RESULT_COLUMNS[1:4], mean_loss.tolist())),
-                **dict(zip(RESULT_COLUMNS[4:11], results)), **dict(zip(RESULT_COLUMNS[11:14], learning_rates)),
-                "phase": state.phase, "sparsity": round(global_sparsity(eval_model), 4)})
+            row = {"epoch": epoch, **dict(zip(RESULT_COLUMNS[1:4], mean_loss.tolist())),
+                   **dict(zip(RESULT_COLUMNS[4:11], results)), **dict(zip(RESULT_COLUMNS[11:14], learning_rates)),
+                   "phase": state.phase, "sparsity": round(global_sparsity(eval_model), 4)}
+            append_results(results_file, row)
+            tensorboard.log_epoch(epoch, row, eval_model)
             if not opt.nosave or final_epoch:
                 write_checkpoints(save_dir=save_dir, model=model, ema=ema, optimizer=optimizer, scaler=scaler,
                                   epoch=epoch, epochs=epochs, state=state, fitness_value=fitness_value,
@@ -600,6 +603,8 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
                "metrics": dict(zip(RESULT_COLUMNS[4:8], results[:4]))}
     if context.is_main:
         summary.update(finish_run(save_dir, data, opt, compute_loss, val_loader, batch_size))
+        tensorboard.log_images(save_dir, epochs - 1)
+        tensorboard.close()
     if context.enabled:
         torch.distributed.destroy_process_group()
     return summary
