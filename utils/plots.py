@@ -79,8 +79,24 @@ def plot_images(images: torch.Tensor, targets: torch.Tensor, paths, path: Path, 
     return path
 
 
+PHASE_COLORS = {"dense": "#ffffff", "pruned": "#dbe9f6", "quantized": "#fde4cf", "pruned_quantized": "#e3d7ef"}
+
+
+def phase_spans(rows: list[dict]) -> list[tuple[str, int, int]]:
+    """(phase, first epoch, last epoch) of each stretch of epochs in one phase, in order."""
+    spans: list[tuple[str, int, int]] = []
+    for row in rows:
+        phase, epoch = row.get("phase") or "dense", int(row["epoch"])
+        if spans and spans[-1][0] == phase:
+            spans[-1] = (phase, spans[-1][1], epoch)
+        else:
+            spans.append((phase, epoch, epoch))
+    return spans
+
+
 def plot_results(results_csv: Path) -> Path | None:
-    """Training curves (losses, P, R, mAPs) from results.csv into results.png beside it."""
+    """Training curves from results.csv into results.png beside it: losses, P, R, mAPs, sparsity and the learning
+    rates, one panel each (no empty panel), with the phases (dense / pruned / quantized) shaded and named."""
     results_csv = Path(results_csv)
     if not results_csv.exists():
         return None
@@ -89,12 +105,26 @@ def plot_results(results_csv: Path) -> Path | None:
     if not rows:
         return None
     columns = [c for c in rows[0] if c not in ("epoch", "phase") and not c.startswith("x/")]
+    rates = [c for c in rows[0] if c.startswith("x/lr")]
+    panels = [[c] for c in columns] + ([rates] if rates else [])
     epochs = [int(r["epoch"]) for r in rows]
-    figure, axes = _figure((12, 6), 2, math.ceil(len(columns) / 2))
-    for ax, column in zip(axes.ravel(), columns):
-        values = [float(r[column]) if r[column] not in ("", None) else np.nan for r in rows]
-        ax.plot(epochs, values, marker=".", linewidth=2)
-        ax.set_title(column, fontsize=10)
+    spans = phase_spans(rows)
+    figure, axes = _figure((12, 6), 2, math.ceil(len(panels) / 2))
+    axes = axes.ravel()
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    for ax, panel in zip(axes, panels):
+        for phase, first, last in spans if len(spans) > 1 else []:
+            ax.axvspan(first - 0.5, last + 0.5, color=PHASE_COLORS.get(phase, "#eeeeee"), label=phase, zorder=0)
+        for column in panel:
+            values = [float(r[column]) if r[column] not in ("", None) else np.nan for r in rows]
+            ax.plot(epochs, values, marker=".", linewidth=2, label=column if len(panel) > 1 else None)
+        ax.set_title("learning rate" if len(panel) > 1 else panel[0], fontsize=10)
+    if len(spans) > 1:
+        handles, labels = axes[0].get_legend_handles_labels()
+        axes[0].legend(handles, labels, fontsize=7, loc="upper right")
+    if rates:
+        axes[len(panels) - 1].legend(fontsize=7)
     path = results_csv.with_name("results.png")
     figure.savefig(path, dpi=120)
     return path
