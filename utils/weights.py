@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,36 @@ from utils.checkpoint import CheckpointError, is_project_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 
-# Every class an official YOLOv5 (v6.0 - v7.0) release checkpoint names, and nothing that can run arbitrary code.
-OFFICIAL_ALLOWED_CLASSES: list[type] = [
-    yolo.DetectionModel, yolo.Model, yolo.Detect,
-    common.Conv, common.Bottleneck, common.C3, common.SPPF, common.SPP, common.Focus, common.Concat,
-    nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample, nn.Identity,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish,  # models whose YAML sets ``activation``
-]
+# Every global an official YOLOv5 release checkpoint (v5.0 - v7.0) names, by the name written in the file, mapped to
+# the class that rebuilds it here; nothing that can run arbitrary code. Names, not class objects: v6.0 - v6.2 files
+# pickle their model as ``models.yolo.Model``, v7.0 files as ``models.yolo.DetectionModel``, and both must reach our
+# ``DetectionModel`` (torch's ``safe_globals`` takes ``(callable, "module.qualname")`` pairs for exactly this).
+OFFICIAL_ALLOWED_GLOBALS: dict[str, type] = {
+    "models.yolo.Model": yolo.DetectionModel,  # v5.0 - v6.2
+    "models.yolo.DetectionModel": yolo.DetectionModel,  # v7.0
+    "models.yolo.Detect": yolo.Detect,
+    **{f"models.common.{cls.__name__}": cls for cls in (
+        common.Conv, common.Bottleneck, common.C3, common.SPPF, common.SPP, common.Focus, common.Concat)},
+    **{f"{cls.__module__}.{cls.__qualname__}": cls for cls in (
+        nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.Upsample, nn.Identity,
+        nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish)},  # Hardswish/LeakyReLU: v5.x and ``activation`` YAMLs
+}
+
+
+def _allowed_globals() -> list[tuple[type, str]]:
+    return [(cls, name) for name, cls in OFFICIAL_ALLOWED_GLOBALS.items()]
+
+
+def refused_globals(path: str | Path, error: BaseException | None = None) -> list[str]:
+    """The globals a pickle names outside the allow-list (what ``torch.load(weights_only=True)`` refuses)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - legacy (non-zip) pickles cannot be listed; fall back to torch's message
+        names = []
+    refused = [name for name in names if name not in OFFICIAL_ALLOWED_GLOBALS]
+    if not refused and error is not None:
+        refused = re.findall(r"GLOBAL ([\w.]+)", str(error))
+    return sorted(dict.fromkeys(refused))
 
 
 @dataclass
@@ -60,12 +84,14 @@ def read_weights_file(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (empty, truncated or another format). Pass a .pt "
                               f"file written by this project or an official YOLOv5 release.")
     try:
-        with torch.serialization.safe_globals(OFFICIAL_ALLOWED_CLASSES):
+        with torch.serialization.safe_globals(_allowed_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path} was refused: it names code outside the allow-list of YOLOv5 classes "
-                              f"({str(error).splitlines()[0][:300]}). Only load files you trust; convert them with "
-                              f"the tool that wrote them.") from None
+        refused = refused_globals(path, error) or [str(error).splitlines()[0][:200]]
+        raise CheckpointError(f"{path} was refused without running it: it names {', '.join(refused)}, outside the "
+                              f"allow-list of YOLOv5 classes (Ultralytics v5.0 - v7.0 releases, this project's and "
+                              f"Neural Magic's checkpoints). If you trust the file, load it in the code that wrote it "
+                              f"and save its state_dict() and YAML, or train from it there.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{path} could not be read ({type(error).__name__}: {str(error)[:200]}); the file is "
                               f"truncated or damaged. Re-download or use another checkpoint.") from None
@@ -81,7 +107,8 @@ def convert_official(checkpoint: dict, path: str | Path = "") -> DetectionModel:
         raise CheckpointError(f"{path}: not an Ultralytics YOLOv5 detection checkpoint (no pickled model with a YAML)")
     cfg = dict(pickled.yaml)
     model = DetectionModel(cfg, ch=cfg.get("ch", 3), nc=cfg["nc"])
-    state = {k: v.float() for k, v in pickled.state_dict().items()}
+    # v5.x registered Detect.anchor_grid as a buffer; it is derived from the anchors and rebuilt at the first forward.
+    state = {k: v.float() for k, v in pickled.state_dict().items() if not k.endswith(".anchor_grid")}
     model.load_state_dict(state, strict=True)
     names = getattr(pickled, "names", None)
     if isinstance(names, dict):
