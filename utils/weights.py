@@ -1,4 +1,5 @@
-"""Load weights into a ``DetectionModel``: the project's checkpoints and official Ultralytics ``yolov5*.pt`` files.
+"""Load weights into a ``DetectionModel``: the project's checkpoints, official Ultralytics ``yolov5*.pt`` files, and
+Neural Magic's sparse checkpoints (the NM fork's and SparseZoo's ``model.pt``, rebuilt from their recipe).
 
 Official files are pickles of whole modules, and unpickling can run code named in the file. They are opened with
 ``weights_only=True`` plus an allow-list of exactly the classes a YOLOv5 checkpoint needs, then converted to the
@@ -40,6 +41,9 @@ OFFICIAL_ALLOWED_GLOBALS: dict[str, type] = {
 }
 
 
+NEURALMAGIC_RECIPE_KEYS = ("checkpoint_recipe", "intermediate_recipe")
+
+
 def _allowed_globals() -> list[tuple[type, str]]:
     return [(cls, name) for name, cls in OFFICIAL_ALLOWED_GLOBALS.items()]
 
@@ -61,8 +65,8 @@ class LoadedWeights:
     """A model ready to use plus what came with it."""
 
     model: DetectionModel
-    source: str  # "project" or "ultralytics"
-    checkpoint: dict = field(default_factory=dict)  # the project's checkpoint dict (empty for official files)
+    source: str  # "project", "ultralytics" or "neuralmagic"
+    checkpoint: dict = field(default_factory=dict)  # the project checkpoint (converted for NM files; empty: official)
 
     @property
     def names(self) -> list[str]:
@@ -100,11 +104,33 @@ def read_weights_file(path: str | Path) -> dict:
     return obj
 
 
+def is_neuralmagic_checkpoint(obj: object) -> bool:
+    """Neural Magic's format: a recipe key, the YAML as a dict, and a state dict (not a pickled module)."""
+    if not isinstance(obj, dict) or not any(key in obj for key in NEURALMAGIC_RECIPE_KEYS):
+        return False
+    state = obj.get("ema") or obj.get("model")
+    return (isinstance(obj.get("yaml"), dict) and isinstance(state, dict)
+            and all(isinstance(v, torch.Tensor) for v in state.values()))
+
+
+def as_project_checkpoint(checkpoint: dict, path: str | Path = "") -> dict | None:
+    """The project checkpoint a file amounts to: itself, or a Neural Magic file converted; None for official pickles."""
+    if is_project_checkpoint(checkpoint):
+        return checkpoint
+    if is_neuralmagic_checkpoint(checkpoint):
+        from utils.sparsification import convert_neuralmagic
+
+        return convert_neuralmagic(checkpoint, str(path))[1]
+    return None
+
+
 def convert_official(checkpoint: dict, path: str | Path = "") -> DetectionModel:
     """Rebuild an official pickled model as this project's ``DetectionModel`` (float32, strict load)."""
     pickled = checkpoint.get("ema") or checkpoint.get("model")
     if not isinstance(pickled, nn.Module) or not isinstance(getattr(pickled, "yaml", None), dict):
-        raise CheckpointError(f"{path}: not an Ultralytics YOLOv5 detection checkpoint (no pickled model with a YAML)")
+        raise CheckpointError(f"{path}: not a YOLOv5 detection checkpoint this project reads (neither this project's "
+                              f"format, an Ultralytics release's pickled model with a YAML, nor a Neural Magic sparse "
+                              f"checkpoint with 'yaml', 'model' state dict and 'checkpoint_recipe')")
     cfg = dict(pickled.yaml)
     model = DetectionModel(cfg, ch=cfg.get("ch", 3), nc=cfg["nc"])
     # v5.x registered Detect.anchor_grid as a buffer; it is derived from the anchors and rebuilt at the first forward.
@@ -132,11 +158,18 @@ def build_from_project_checkpoint(checkpoint: dict, prefer_ema: bool = True) -> 
 
 
 def load_weights(path: str | Path, prefer_ema: bool = True) -> LoadedWeights:
-    """Load a project checkpoint or an official YOLOv5 ``.pt`` as a float32 model in eval mode."""
+    """Load a project, official YOLOv5 or Neural Magic ``.pt`` as a float32 model in eval mode."""
     checkpoint = read_weights_file(path)
     if is_project_checkpoint(checkpoint):
         model = build_from_project_checkpoint(checkpoint, prefer_ema=prefer_ema)
         return LoadedWeights(model.eval(), "project", checkpoint)
+    if is_neuralmagic_checkpoint(checkpoint):
+        from utils.sparsification import convert_neuralmagic
+
+        model, converted = convert_neuralmagic(checkpoint, str(path), prefer_ema=prefer_ema)
+        LOGGER.info("rebuilt Neural Magic sparse checkpoint %s (%s, %s classes)", path,
+                    converted["sparsification"].get("phase"), model.nc)
+        return LoadedWeights(model.eval(), "neuralmagic", converted)
     model = convert_official(checkpoint, path)
     LOGGER.info("converted official YOLOv5 checkpoint %s (%s classes)", path, model.nc)
     return LoadedWeights(model.eval(), "ultralytics", {})
@@ -146,3 +179,22 @@ def intersect_state_dicts(source: dict, target: dict, exclude: tuple[str, ...] =
     """Entries of ``source`` whose name and shape match ``target`` (transfer learning to a new class count)."""
     return {k: v for k, v in source.items()
             if k in target and not any(x in k for x in exclude) and v.shape == target[k].shape}
+
+
+def reinitialised_quantizer_scales(source: dict, target: dict, transferred: dict) -> dict:
+    """Weight quantizer scales for fake-quantized layers that transfer learning re-initialises (another class count).
+
+    A per-tensor scale has the same shape in both models and transfers as it is; a per-channel one has one entry per
+    output channel and does not. Left at its initial value (1.0) it would round the new weights to whole numbers, so
+    it gets the source layer's largest channel scale (and the zero point of a symmetric weight grid, shared by all
+    channels): the new layer learns on the grid of the layer it replaces, as with a per-tensor scale.
+    """
+    filled = {}
+    for key, value in target.items():
+        if key in transferred or key not in source or ".weight_fake_quant." not in key:
+            continue
+        if key.endswith(".scale"):
+            filled[key] = torch.full_like(value, float(source[key].max()))
+        elif key.endswith(".zero_point"):
+            filled[key] = torch.full_like(value, int(source[key].reshape(-1)[0]))
+    return filled
