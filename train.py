@@ -211,6 +211,10 @@ def build_model(opt: argparse.Namespace, nc: int, hyp: dict, resume_checkpoint: 
     if loaded is not None:
         source_yaml, source_state = loaded["model_yaml"], (loaded["ema"] or loaded["model"])
         structure = loaded.get("sparsification") or {}
+        if structure.get("is_quantized") and not opt.sparsification_recipe:
+            raise TrainingError(f"{opt.weights} is quantized (QAT); training it needs a recipe, which carries its "
+                                f"structure into the new checkpoints: pass --recipe recipes/transfer_quantized.yaml "
+                                f"(holds its zeros, QAT continues)")
     else:
         official = convert_official(raw, weights)
         source_yaml, source_state, structure, loaded = official.yaml, official.state_dict(), {}, None

@@ -216,3 +216,11 @@ def test_sparse_transfer_to_six_classes_holds_zeros_continues_qat_and_exports(nm
 
     report = export.export_onnx(last, imgsz=64, device="cpu", int8_format="integer")
     assert report.quantized and report.check.passed and report.check.zeros_kept, report.check.line()
+
+
+def test_training_a_quantized_file_without_a_recipe_is_refused(nm_file, tmp_path, shapes_dataset):
+    """Without a recipe the new checkpoints would not record the QAT structure, and could not be loaded."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.run(weights=str(nm_file), data=str(shapes_dataset), imgsz=64, batch_size=8, workers=0, noplots=True,
+                  epochs=1, project=str(tmp_path / "runs"), name="plain")
+    assert "pass --recipe recipes/transfer_quantized.yaml" in str(exit_info.value.__cause__)
