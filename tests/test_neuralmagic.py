@@ -74,7 +74,9 @@ def test_the_reference_file_reproduces_its_output_and_becomes_a_project_checkpoi
     state = loaded.checkpoint["sparsification"]
     assert state["phase"] == "pruned_quantized" and state["is_quantized"]
     assert state["sparsity"] == pytest.approx(0.75, abs=0.01)
-    assert state["stages"][0]["recipe"] == torch.load(nm_file, weights_only=True)["checkpoint_recipe"]
+    (stage,) = state["stages"]
+    assert stage["recipe"] == torch.load(nm_file, weights_only=True)["checkpoint_recipe"]
+    assert stage["applied_epoch"] == float("inf") and stage["epoch"] == -1 and stage["final"]
     # Saved, it is one of ours: val, export and --resume read it through the project's own rebuild.
     converted = save_checkpoint(loaded.checkpoint, tmp_path / "converted.pt")
     again = load_weights(converted)
@@ -129,6 +131,7 @@ def test_a_pruned_only_file_loads_with_its_masks_and_serves_as_a_teacher(tmp_pat
         assert torch.allclose(loaded.model(x)[0], model.eval()(x)[0], atol=1e-5)
     state = loaded.checkpoint["sparsification"]
     assert state["phase"] == "pruned" and state["sparsity"] == pytest.approx(0.75, abs=0.01)
+    assert [stage["applied_epoch"] for stage in state["stages"]] == [float("inf") if saved == "final" else 0.0]
     weights = _named_parameters_canonical(model)
     assert len(state["masks"]) == 60  # every prunable conv of yolov5n, the Detect convs included
     for name, packed in state["masks"].items():

@@ -138,9 +138,8 @@ def convert_neuralmagic(checkpoint: dict, path: str | Path = "", prefer_ema: boo
     state = {
         "version": STATE_VERSION,
         "recipe": stages[-1][1] if stages else "",
-        "stages": [{"recipe": text, "applied_epoch": epoch, "epoch": epoch,
-                    "phase": "", "is_quantized": False, "final": epoch == math.inf, "origin": f"neuralmagic {key}"}
-                   for key, text, epoch in stages],
+        "stages": [{"recipe": text, "applied_epoch": applied, "epoch": epoch, "phase": "", "is_quantized": False,
+                    "final": applied == math.inf, "origin": f"neuralmagic {key}"} for key, text, applied in stages],
     }
     try:
         apply_stages(model, state["stages"])
