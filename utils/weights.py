@@ -92,10 +92,10 @@ def read_weights_file(path: str | Path) -> dict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         refused = refused_globals(path, error) or [str(error).splitlines()[0][:200]]
-        raise CheckpointError(f"{path} was refused without running it: it names {', '.join(refused)}, outside the "
-                              f"allow-list of YOLOv5 classes (Ultralytics v5.0 - v7.0 releases, this project's and "
-                              f"Neural Magic's checkpoints). If you trust the file, load it in the code that wrote it "
-                              f"and save its state_dict() and YAML, or train from it there.") from None
+        raise CheckpointError(f"{path} was refused without running it: it names {', '.join(refused)}, which is not "
+                              f"on the allow-list of the YOLOv5 classes that Ultralytics v5.0-v7.0 release files "
+                              f"name. If you trust the file, load it with the code that wrote it and save its "
+                              f"state_dict() and YAML instead of the pickled model.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{path} could not be read ({type(error).__name__}: {str(error)[:200]}); the file is "
                               f"truncated or damaged. Re-download or use another checkpoint.") from None
