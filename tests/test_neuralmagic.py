@@ -144,16 +144,16 @@ def test_a_pruned_only_file_loads_with_its_masks_and_serves_as_a_teacher(tmp_pat
 @pytest.mark.parametrize(("change", "message"), [
     ({"checkpoint_recipe": PRUNING + QUANTIZATION},
      r"layer model\.0: the recipe's structure quantizes this layer but the file has no quantization entries"),
-    ({"width_multiple": 0.5}, r"layer model\.0: 'model\.0\.bn\.bias' has shape \(16,\) in the file and \(32,\)"),
+    ({"nc": 4}, r"layer model\.24\.m\.0: 'model\.24\.m\.0\.bias' has shape \(24,\) in the file and \(27,\)"),
     ({"checkpoint_recipe": "version: 1.1.0\nmodifiers:\n  - !NoSuchModifier\n    start_epoch: 0\n"},
      r"its recipe cannot be applied"),
-])
+], ids=["quantizing-recipe-on-float-weights", "yaml-with-another-class-count", "unknown-modifier"])
 def test_a_file_whose_structure_cannot_be_rebuilt_is_refused_naming_the_layer(tmp_path, change, message):
     model = _conditioned_model()
     path = _write_nm_file(tmp_path / "bad.pt", model, checkpoint_recipe=PRUNING)
     checkpoint = torch.load(path, weights_only=True)
-    if "width_multiple" in change:
-        checkpoint["yaml"]["width_multiple"] = change["width_multiple"]
+    if "nc" in change:  # a yaml that does not describe the weights
+        checkpoint["yaml"]["nc"] = change["nc"]
     else:
         checkpoint.update(change)
     torch.save(checkpoint, path)
@@ -162,7 +162,8 @@ def test_a_file_whose_structure_cannot_be_rebuilt_is_refused_naming_the_layer(tm
     assert "bad.pt" in str(error.value)
 
 
-def test_a_zoo_stub_mirror_holding_a_neural_magic_file_loads_for_val_and_detect(nm_file, tmp_path, monkeypatch):
+def test_a_zoo_stub_mirror_holding_a_neural_magic_file_loads_for_val_detect_and_export(nm_file, tmp_path,
+                                                                                        monkeypatch):
     folder = tmp_path / zoo.parse_stub(STUB).mirror_folder / "training"
     folder.mkdir(parents=True)
     shutil.copy(nm_file, folder / "model.pt")
@@ -171,6 +172,8 @@ def test_a_zoo_stub_mirror_holding_a_neural_magic_file_loads_for_val_and_detect(
     assert backend.is_quantized and backend.names == ["0", "1", "2"]
     image, expected = _fixture_input_and_output()
     assert np.abs(backend.forward(image).numpy() - expected).max() < 1e-5
+    report = export.export_onnx(STUB, imgsz=64, device="cpu", int8_format="integer")  # INT8 parity: export's check
+    assert report.quantized and report.check.passed and report.check.zeros_kept, report.check.line()
 
 
 def test_reinitialised_per_channel_weight_scales_take_the_source_grid():
