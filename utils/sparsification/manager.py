@@ -705,6 +705,22 @@ def apply_stages(module: nn.Module, stages: list[dict]) -> None:
         with _training_mode(module):
             manager.apply_structure(module, epoch=float(stage["applied_epoch"]), loggers=_quiet_loggers())
 
+
+def masks_from_zeros(model: nn.Module, recipes: list[str], source: str) -> tuple[dict[str, dict], float]:
+    """Packed keep-masks (weight != 0) of every parameter the recipes' pruning modifiers target, by float name, and
+    their overall sparsity: the masks a checkpoint written elsewhere would have carried had it been trained here."""
+    parameters = _named_parameters_canonical(model)
+    masks: dict[str, torch.Tensor] = {}
+    for index, text in enumerate(recipes):
+        manager = _manager_from_state_text(text, f"{source} recipe {index}")
+        for modifier in manager.pruning_modifiers:
+            for name in _targeted_parameters(modifier, model):
+                if name in parameters:
+                    masks[name] = parameters[name].detach().ne(0).cpu()
+    total = sum(mask.numel() for mask in masks.values())
+    sparsity = 1.0 - sum(int(mask.sum()) for mask in masks.values()) / total if total else 0.0
+    return {name: _pack_mask(mask) for name, mask in masks.items()}, sparsity
+
 @contextlib.contextmanager
 def _training_mode(module: nn.Module) -> Iterator[None]:
     """SparseML fuses Conv+BN for QAT (``ConvBn2d``) only in training mode; in eval mode it folds BN into the conv,

@@ -23,15 +23,7 @@ import torch
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, build_checkpoint, plain
 from utils.sparsification.export import has_quantization
-from utils.sparsification.manager import (
-    STATE_VERSION,
-    RecipeError,
-    _manager_from_state_text,
-    _named_parameters_canonical,
-    _pack_mask,
-    _targeted_parameters,
-    apply_stages,
-)
+from utils.sparsification.manager import STATE_VERSION, RecipeError, apply_stages, masks_from_zeros
 
 _NAME_MAP = ((re.compile(r"\.add_node(?=\.|$)"), ".add_op"),)  # fork name -> our name
 _DERIVED = re.compile(r"\.anchor_grid$")  # older forks registered the anchor grid (derived from anchors) as a buffer
@@ -107,19 +99,6 @@ def _mismatch_report(file_state: dict, model: torch.nn.Module) -> list[str]:
     return [f"layer {re.sub(r'[.]add_op$', '.add_node', layer)}: {'; '.join(problems[layer])}" for layer in order]
 
 
-def _masks(stages: list[tuple[str, str, float]], model: torch.nn.Module, source: str) -> dict[str, torch.Tensor]:
-    """Keep-masks (weight != 0) of every parameter a stage's pruning modifiers target, by float name."""
-    parameters = _named_parameters_canonical(model)
-    masks = {}
-    for key, text, _ in stages:
-        manager = _manager_from_state_text(text, f"{source}: {key}")
-        for modifier in manager.pruning_modifiers:
-            for name in _targeted_parameters(modifier, model):
-                if name in parameters:
-                    masks[name] = parameters[name].detach().ne(0).cpu()
-    return masks
-
-
 def convert_neuralmagic(checkpoint: dict, path: str | Path = "", prefer_ema: bool = True
                         ) -> tuple[DetectionModel, dict]:
     """Rebuild a Neural Magic sparse checkpoint; returns the loaded model and the equivalent project checkpoint.
@@ -165,17 +144,14 @@ def convert_neuralmagic(checkpoint: dict, path: str | Path = "", prefer_ema: boo
         names = [names[i] for i in sorted(names)]
     model.names = [str(n) for n in names] if names and len(names) == nc else [str(i) for i in range(nc)]
 
-    masks = _masks(stages, model, source)
-    kept = sum(int(mask.sum()) for mask in masks.values())
-    total = sum(mask.numel() for mask in masks.values())
-    sparsity = 1.0 - kept / total if total else 0.0
+    masks, sparsity = masks_from_zeros(model, [text for _, text, _ in stages], source)
     quantized = has_quantization(model)
     phase = {(True, True): "pruned_quantized", (True, False): "pruned", (False, True): "quantized"}.get(
         (sparsity > 0, quantized), "dense")
     for stage in state["stages"]:
         stage.update(phase=phase, is_quantized=quantized)
     state.update(epoch=epoch, final=True, phase=phase, is_quantized=quantized,
-                 masks={name: _pack_mask(mask) for name, mask in masks.items()}, base_masks={}, sparsity=sparsity,
+                 masks=masks, base_masks={}, sparsity=sparsity,
                  modifiers=[], steps_per_epoch=0)
     project = build_checkpoint(
         model_yaml=model.yaml, names=list(model.names), model_state={k: v.detach().clone() for k, v in
