@@ -25,6 +25,8 @@ from utils.checkpoint import CheckpointError, is_project_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 
+NEURALMAGIC_RECIPE_KEYS = ("checkpoint_recipe", "intermediate_recipe")  # a Neural Magic sparse checkpoint has one
+
 # Every global an official YOLOv5 release checkpoint (v5.0 - v7.0) names, by the name written in the file, mapped to
 # the class that rebuilds it here; nothing that can run arbitrary code. Names, not class objects: v6.0 - v6.2 files
 # pickle their model as ``models.yolo.Model``, v7.0 files as ``models.yolo.DetectionModel``, and both must reach our
@@ -39,9 +41,6 @@ OFFICIAL_ALLOWED_GLOBALS: dict[str, type] = {
         nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.Upsample, nn.Identity,
         nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish)},  # Hardswish/LeakyReLU: v5.x and ``activation`` YAMLs
 }
-
-
-NEURALMAGIC_RECIPE_KEYS = ("checkpoint_recipe", "intermediate_recipe")
 
 
 def _allowed_globals() -> list[tuple[type, str]]:
@@ -86,7 +85,7 @@ def read_weights_file(path: str | Path) -> dict:
         raise CheckpointError(f"weights file not found: {path}. Pass a local .pt file (project or official YOLOv5).")
     if path.stat().st_size == 0 or not _is_zip_or_pickle(path):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (empty, truncated or another format). Pass a .pt "
-                              f"file written by this project or an official YOLOv5 release.")
+                              f"file written by this project, an official YOLOv5 release or Neural Magic's YOLOv5.")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
