@@ -226,8 +226,9 @@ def build_model(opt: argparse.Namespace, nc: int, hyp: dict, resume_checkpoint: 
     source_nc = source_yaml.get("nc") if isinstance(source_yaml, dict) else None
     if source_nc is not None and int(source_nc) != nc:
         LOGGER.warning("%s was trained on %s classes and %s has %d: transfer learning, the Detect output layers "
-                       "start from scratch (all other layers keep the checkpoint's weights)", weights, source_nc,
-                       opt.data, nc)
+                       "start from scratch (all other layers keep the checkpoint's weights)%s", weights, source_nc,
+                       opt.data, nc, "; they stay fake-quantized on the checkpoint's weight grid and start dense "
+                       "(recipes/README.md, 'Sparse transfer learning')" if structure.get("is_quantized") else "")
     model.load_state_dict(transferable, strict=False)
     LOGGER.info("transferred %d/%d items from %s", len(transferable), len(model.state_dict()), weights)
     return model.to(device), loaded
