@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import detect
 import export
 import train
 from models.yolo import DetectionModel
@@ -167,6 +168,7 @@ def test_a_zoo_stub_mirror_holding_a_neural_magic_file_loads_for_val_and_detect(
     folder.mkdir(parents=True)
     shutil.copy(nm_file, folder / "model.pt")
     monkeypatch.setenv(zoo.ZOO_DIR_ENV, str(tmp_path))
+    assert detect.parse_opt(["--weights", STUB, "--source", str(tmp_path)]).weights == STUB
     backend = load_backend(STUB, device="cpu")  # what val.py and detect.py call
     assert backend.is_quantized and backend.names == ["0", "1", "2"]
     image, expected = _fixture_input_and_output()
