@@ -86,15 +86,21 @@ def test_the_reference_file_reproduces_its_output_and_becomes_a_project_checkpoi
         assert np.abs(again.model(image)[0].numpy() - expected).max() < 1e-5
 
 
-def _conditioned_model(seed: int = 0) -> DetectionModel:
-    torch.manual_seed(seed)
+@pytest.fixture(scope="module")
+def pruned_model() -> DetectionModel:
+    """yolov5n (3 classes) with non-trivial BatchNorm statistics and 75% of every conv weight zero, as GMP leaves it."""
+    torch.manual_seed(0)
     model = DetectionModel("yolov5n.yaml", nc=3)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
-    return model
+            elif isinstance(module, torch.nn.Conv2d):
+                weight = module.weight
+                threshold = weight.abs().flatten().kthvalue(int(0.75 * weight.numel())).values
+                weight[weight.abs() <= threshold] = 0
+    return model.eval()
 
 
 def _write_nm_file(path: Path, model: DetectionModel, **recipes) -> Path:
@@ -107,21 +113,11 @@ def _write_nm_file(path: Path, model: DetectionModel, **recipes) -> Path:
     return path
 
 
-def _prune(model: DetectionModel, fraction: float = 0.75) -> None:
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                weight = module.weight
-                threshold = weight.abs().flatten().kthvalue(int(fraction * weight.numel())).values
-                weight[weight.abs() <= threshold] = 0
-
-
 @pytest.mark.parametrize("saved", ["final", "mid-training"])
-def test_a_pruned_only_file_loads_with_its_masks_and_serves_as_a_teacher(tmp_path, saved):
+def test_a_pruned_only_file_loads_with_its_masks_and_serves_as_a_teacher(tmp_path, pruned_model, saved):
     """Final: ``checkpoint_recipe`` applies in full. Mid-training: ``intermediate_recipe`` applies at ``epoch`` (0:
     before its QAT starts, so the file has no quantization entries and must not get any)."""
-    model = _conditioned_model()
-    _prune(model)
+    model = pruned_model
     recipes = ({"checkpoint_recipe": PRUNING} if saved == "final"
                else {"intermediate_recipe": PRUNING + QUANTIZATION, "epoch": 0})
     path = _write_nm_file(tmp_path / "pruned.pt", model, **recipes)
@@ -129,7 +125,7 @@ def test_a_pruned_only_file_loads_with_its_masks_and_serves_as_a_teacher(tmp_pat
     assert loaded.source == "neuralmagic" and not has_quantization(loaded.model)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(loaded.model(x)[0], model.eval()(x)[0], atol=1e-5)
+        assert torch.allclose(loaded.model(x)[0], model(x)[0], atol=1e-5)
     state = loaded.checkpoint["sparsification"]
     assert state["phase"] == "pruned" and state["sparsity"] == pytest.approx(0.75, abs=0.01)
     assert [stage["applied_epoch"] for stage in state["stages"]] == [float("inf") if saved == "final" else 0.0]
@@ -149,9 +145,9 @@ def test_a_pruned_only_file_loads_with_its_masks_and_serves_as_a_teacher(tmp_pat
     ({"checkpoint_recipe": "version: 1.1.0\nmodifiers:\n  - !NoSuchModifier\n    start_epoch: 0\n"},
      r"its recipe cannot be applied"),
 ], ids=["quantizing-recipe-on-float-weights", "yaml-with-another-class-count", "unknown-modifier"])
-def test_a_file_whose_structure_cannot_be_rebuilt_is_refused_naming_the_layer(tmp_path, change, message):
-    model = _conditioned_model()
-    path = _write_nm_file(tmp_path / "bad.pt", model, checkpoint_recipe=PRUNING)
+def test_a_file_whose_structure_cannot_be_rebuilt_is_refused_naming_the_layer(tmp_path, pruned_model, change,
+                                                                             message):
+    path = _write_nm_file(tmp_path / "bad.pt", pruned_model, checkpoint_recipe=PRUNING)
     checkpoint = torch.load(path, weights_only=True)
     if "nc" in change:  # a yaml that does not describe the weights
         checkpoint["yaml"]["nc"] = change["nc"]
