@@ -145,10 +145,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
     add_runtime_arguments(parser)
     opt = parser.parse_args(argv)
-    if not Path(opt.weights).is_file():
+    is_stub = opt.weights.startswith("zoo:")  # resolved (mirror or download) when the model loads
+    if not is_stub and not Path(opt.weights).is_file():
         parser.error(f"--weights {opt.weights} not found")
-    if Path(opt.weights).suffix.lower() not in (".pt", ".onnx"):
-        parser.error(f"--weights {opt.weights}: pass a .pt checkpoint or an .onnx file")
+    if not is_stub and Path(opt.weights).suffix.lower() not in (".pt", ".onnx"):
+        parser.error(f"--weights {opt.weights}: pass a .pt checkpoint, an .onnx file or a zoo: stub")
     if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
         parser.error("--conf-thres and --iou-thres must be in [0, 1]")
     return opt

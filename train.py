@@ -37,7 +37,6 @@ from utils.checkpoint import (  # noqa: E402
     CheckpointError,
     build_checkpoint,
     float_state_dict,
-    is_project_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -60,7 +59,13 @@ from utils.sparsification import Sparsifier, create_sparsifier, restore_structur
 from utils.sparsification.teacher import SELF as SELF_TEACHER  # noqa: E402
 from utils.sparsification.teacher import load_teacher, save_teacher  # noqa: E402
 from utils.sparsification.zoo import ZooUnavailableError  # noqa: E402
-from utils.weights import convert_official, intersect_state_dicts, read_weights_file  # noqa: E402
+from utils.weights import (  # noqa: E402
+    as_project_checkpoint,
+    convert_official,
+    intersect_state_dicts,
+    read_weights_file,
+    reinitialised_quantizer_scales,
+)
 
 LOGGER = logging.getLogger("train")
 NOMINAL_BATCH_SIZE = 64  # gradients accumulate to this batch size before an optimizer step
@@ -204,22 +209,29 @@ def build_model(opt: argparse.Namespace, nc: int, hyp: dict, resume_checkpoint: 
             raise TrainingError("pass --cfg (e.g. yolov5n.yaml) to train from scratch, or --weights")
         return DetectionModel(opt.cfg, nc=nc, anchors=hyp.get("anchors")).to(device), None
 
-    loaded = read_weights_file(weights)
-    if is_project_checkpoint(loaded):
+    raw = read_weights_file(weights)
+    loaded = as_project_checkpoint(raw, weights)  # this project's, or a Neural Magic file rebuilt from its recipe
+    if loaded is not None:
         source_yaml, source_state = loaded["model_yaml"], (loaded["ema"] or loaded["model"])
         structure = loaded.get("sparsification") or {}
+        if structure.get("is_quantized") and not opt.sparsification_recipe:
+            raise TrainingError(f"{opt.weights} is quantized (QAT); training it needs a recipe, which carries its "
+                                f"structure into the new checkpoints: pass --recipe recipes/transfer_quantized.yaml "
+                                f"(holds its zeros, QAT continues)")
     else:
-        official = convert_official(loaded, weights)
+        official = convert_official(raw, weights)
         source_yaml, source_state, structure, loaded = official.yaml, official.state_dict(), {}, None
     model = DetectionModel(opt.cfg or source_yaml, nc=nc, anchors=hyp.get("anchors"))
     restore_structure(model, structure)
     exclude = ("anchors",) if (opt.cfg or hyp.get("anchors")) else ()
     transferable = intersect_state_dicts(source_state, model.state_dict(), exclude=exclude)
+    transferable.update(reinitialised_quantizer_scales(source_state, model.state_dict(), transferable))
     source_nc = source_yaml.get("nc") if isinstance(source_yaml, dict) else None
     if source_nc is not None and int(source_nc) != nc:
         LOGGER.warning("%s was trained on %s classes and %s has %d: transfer learning, the Detect output layers "
-                       "start from scratch (all other layers keep the checkpoint's weights)", weights, source_nc,
-                       opt.data, nc)
+                       "start from scratch (all other layers keep the checkpoint's weights)%s", weights, source_nc,
+                       opt.data, nc, "; they stay fake-quantized on the checkpoint's weight grid and start dense "
+                       "(recipes/README.md, 'Sparse transfer learning')" if structure.get("is_quantized") else "")
     model.load_state_dict(transferable, strict=False)
     LOGGER.info("transferred %d/%d items from %s", len(transferable), len(model.state_dict()), weights)
     return model.to(device), loaded

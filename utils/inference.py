@@ -305,10 +305,15 @@ def default_runtime(weights: str | Path | None = None) -> str:
 
 def load_backend(weights: str | Path, device: str | torch.device = "cpu", runtime: str | None = None,
                  threads: int | None = None) -> Backend:
-    """``.pt`` -> PyTorch; ``.onnx`` -> onnxruntime or DeepSparse (``runtime``; default: the fastest installed).
+    """``.pt`` or ``zoo:`` stub -> PyTorch; ``.onnx`` -> onnxruntime or DeepSparse (``runtime``; default: the fastest
+    installed).
 
     ``threads``: intra-op threads (onnxruntime) or cores (DeepSparse); default every core this process may use.
     """
+    if str(weights).startswith("zoo:"):  # SparseZoo stub (or its $YOLOV5_SPARSE_ZOO_DIR mirror): its model.pt
+        from utils.sparsification.zoo import resolve_weights
+
+        weights = resolve_weights(str(weights))
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights not found: {path}")

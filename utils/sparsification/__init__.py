@@ -10,7 +10,8 @@ from torch import nn
 
 from utils.sparsification.hooks import PHASES, EpochDirectives, Sparsifier, TrainingPlan
 
-__all__ = ["PHASES", "EpochDirectives", "Sparsifier", "TrainingPlan", "create_sparsifier", "restore_structure"]
+__all__ = ["PHASES", "EpochDirectives", "Sparsifier", "TrainingPlan", "convert_neuralmagic", "create_sparsifier",
+           "restore_structure"]
 
 
 def create_sparsifier(recipe: str | None, recipe_args: str | dict | None = None,
@@ -30,3 +31,10 @@ def restore_structure(model: nn.Module, state: dict) -> None:
     from utils.sparsification.manager import restore_structure as _restore
 
     _restore(model, state)
+
+
+def convert_neuralmagic(checkpoint: dict, path: str = "", prefer_ema: bool = True) -> tuple[nn.Module, dict]:
+    """A Neural Magic / SparseZoo sparse checkpoint rebuilt from its recipe: (loaded model, project checkpoint)."""
+    from utils.sparsification.neuralmagic import convert_neuralmagic as _convert
+
+    return _convert(checkpoint, path, prefer_ema=prefer_ema)

@@ -687,18 +687,39 @@ def restore_structure(model: nn.Module, state: dict) -> None:
         return
     _check_state(state)
     module = _unwrap(model)
-    for index, stage in enumerate(state["stages"]):
+    apply_stages(module, state["stages"])
+    if bool(state.get("is_quantized")) != has_quantization(module):
+        raise RecipeError(f"checkpoint records is_quantized={state.get('is_quantized')} but its recipe "
+                          f"{'did not rebuild' if state.get('is_quantized') else 'rebuilt'} a quantized model; "
+                          f"the checkpoint's sparsification state is inconsistent")
+
+
+
+def apply_stages(module: nn.Module, stages: list[dict]) -> None:
+    """Apply each stage's recipe structure at the epoch it reached (``applied_epoch``; ``inf`` for all of it)."""
+    for index, stage in enumerate(stages):
         manager = _manager_from_state_text(stage["recipe"], f"checkpoint recipe stage {index}")
         if not manager.structured_modifiers:
             continue
         apply_model_defaults(manager, module)
         with _training_mode(module):
             manager.apply_structure(module, epoch=float(stage["applied_epoch"]), loggers=_quiet_loggers())
-    if bool(state.get("is_quantized")) != has_quantization(module):
-        raise RecipeError(f"checkpoint records is_quantized={state.get('is_quantized')} but its recipe "
-                          f"{'did not rebuild' if state.get('is_quantized') else 'rebuilt'} a quantized model; "
-                          f"the checkpoint's sparsification state is inconsistent")
 
+
+def masks_from_zeros(model: nn.Module, recipes: list[str], source: str) -> tuple[dict[str, dict], float]:
+    """Packed keep-masks (weight != 0) of every parameter the recipes' pruning modifiers target, by float name, and
+    their overall sparsity: the masks a checkpoint written elsewhere would have carried had it been trained here."""
+    parameters = _named_parameters_canonical(model)
+    masks: dict[str, torch.Tensor] = {}
+    for index, text in enumerate(recipes):
+        manager = _manager_from_state_text(text, f"{source} recipe {index}")
+        for modifier in manager.pruning_modifiers:
+            for name in _targeted_parameters(modifier, model):
+                if name in parameters:
+                    masks[name] = parameters[name].detach().ne(0).cpu()
+    total = sum(mask.numel() for mask in masks.values())
+    sparsity = 1.0 - sum(int(mask.sum()) for mask in masks.values()) / total if total else 0.0
+    return {name: _pack_mask(mask) for name, mask in masks.items()}, sparsity
 
 @contextlib.contextmanager
 def _training_mode(module: nn.Module) -> Iterator[None]:
@@ -1028,7 +1049,8 @@ class RecipeSparsifier(Sparsifier):
         if state.get("is_quantized") and self._manager.quantization_modifiers:
             stage = next((i for i, s in enumerate(stages) if s.get("is_quantized")), len(stages) - 1)
             raise RecipeError(f"{self.source}: checkpoint is already quantized (recipe stage {stage}); remove the "
-                              f"QuantizationModifier or start from the pre-QAT checkpoint")
+                              f"QuantizationModifier or start from the pre-QAT checkpoint (recipes/"
+                              f"transfer_quantized.yaml fine-tunes a quantized checkpoint as it is)")
         pruned = {name: 1.0 - float(unpack_mask(packed).float().mean()) for name, packed in self._base_masks.items()}
         pruned = {name: sparsity for name, sparsity in pruned.items() if sparsity > 0}
         covered: set[str] = set()
