@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import re
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -306,10 +307,26 @@ def test_a_stream_is_read_until_it_ends(weights: Path, video: Path, tmp_path: Pa
     save_dir = detect.run(weights=weights, source="rtsp://camera.local:554/live/cam1?tcp", imgsz=64, vid_stride=4,
                           save_txt=True, project=tmp_path, name="stream")
     assert opened == [("rtsp://camera.local:554/live/cam1?tcp", "stream")]
-    assert len(video_frames(save_dir / "cam1.mp4")) == 3  # frames 1, 5, 9
-    assert sorted(read_labels(save_dir / "labels")) == ["cam1_1", "cam1_2", "cam1_3"]
-    out = capsys.readouterr().out
-    assert "stream rtsp://camera.local:554/live/cam1?tcp (frame 3): 64x64 " in out
+    # frames 1, 5, 9 are read as stream frames 1, 2, 3; the model gets the newest each time (the file is read
+    # faster than the model runs, so some may be skipped), and always the last one
+    labels = sorted(read_labels(save_dir / "labels"))
+    assert labels[-1] == "cam1_3" and set(labels) <= {"cam1_1", "cam1_2", "cam1_3"}
+    assert len(video_frames(save_dir / "cam1.mp4")) == len(labels)
+    assert "stream rtsp://camera.local:554/live/cam1?tcp (frame 3): 64x64 " in capsys.readouterr().out
+
+
+def test_a_live_source_gives_the_newest_frame_to_a_slow_model(video: Path) -> None:
+    from utils.sources import LatestFrames, open_capture
+
+    reader = LatestFrames(open_capture(str(video), "stream"))
+    taken = []
+    for number, image in reader:
+        taken.append(number)
+        assert image.shape == (HEIGHT, WIDTH, 3)
+        deadline = time.monotonic() + 30
+        while not reader.ended and time.monotonic() < deadline:  # a model slower than the source
+            time.sleep(0.01)
+    assert reader.ended and taken[-1] == FRAMES and len(taken) <= 2 and taken == sorted(set(taken))
 
 
 @pytest.mark.parametrize("source, message", [
@@ -318,7 +335,8 @@ def test_a_stream_is_read_until_it_ends(weights: Path, video: Path, tmp_path: Pa
     ("rtsp://127.0.0.1:9/live", "cannot open stream rtsp://127.0.0.1:9/live: OpenCV got no video from it"),
     ("{tmp}/notes.doc", "{tmp}/notes.doc is neither an image (bmp"),
     ("{tmp}/missing.mp4", "source not found: {tmp}/missing.mp4 (pass an image, a video, a folder"),
-], ids=["corrupt-video", "missing-camera", "dead-stream", "other-file", "missing-file"])
+    ("{tmp}", "cannot open video {tmp}/broken.mp4"),  # checked before the folder's images are processed
+], ids=["corrupt-video", "missing-camera", "dead-stream", "other-file", "missing-file", "folder-with-corrupt-video"])
 def test_bad_video_sources_fail_with_a_clear_error(source: str, message: str, weights: Path, tmp_path: Path,
                                                   capsys) -> None:
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)  # only a local port that refuses: no network

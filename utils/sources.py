@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,72 @@ def read_frames(capture: cv2.VideoCapture, path: str, kind: str, vid_stride: int
                           f"unsupported codec); re-encode it, e.g. ffmpeg -i {path} -c:v libx264 out.mp4")
 
 
+class LatestFrames:
+    """Reads a camera or stream on a thread and keeps only its newest frame.
+
+    A live source does not wait for the model: read in turn, frames the model is too slow for pile up in the
+    capture's buffer and the detections fall further and further behind. Here the model always gets the newest frame
+    (as Ultralytics' LoadStreams does); ``Frame.frame`` keeps counting the frames read, so gaps show what was dropped.
+    """
+
+    def __init__(self, capture: cv2.VideoCapture, vid_stride: int = 1) -> None:
+        self._capture = capture
+        self._vid_stride = vid_stride
+        self._condition = threading.Condition()
+        self._image: np.ndarray | None = None
+        self._number = 0  # frames read (after --vid-stride) so far
+        self._stop = False
+        self.ended = False
+        self._thread = threading.Thread(target=self._read, name="detect-source", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        grabbed = 0
+        try:
+            while not self._stop and self._capture.grab():
+                grabbed += 1
+                if (grabbed - 1) % self._vid_stride:
+                    continue
+                ok, image = self._capture.retrieve()
+                if not ok or image is None:
+                    break
+                with self._condition:
+                    self._image, self._number = image, self._number + 1
+                    self._condition.notify_all()
+        finally:
+            self._capture.release()  # here, never while this thread may still be inside grab()
+            with self._condition:
+                self.ended = True
+                self._condition.notify_all()
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame number, image) of the newest frame each time one arrives, until the source ends."""
+        taken = 0
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda seen=taken: self._number > seen or self.ended)
+                if self._number == taken:
+                    return
+                taken, image = self._number, self._image
+            yield taken, image
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop reading; the thread releases the capture when its current read returns."""
+        self._stop = True
+        self._thread.join(timeout)
+
+
+def read_live_frames(capture: cv2.VideoCapture, path: str, vid_stride: int = 1) -> Iterator[Frame]:
+    """The newest frame of a camera or stream each time the caller asks, until it ends (see ``LatestFrames``)."""
+    fps = _frame_rate(capture) / vid_stride
+    reader = LatestFrames(capture, vid_stride)
+    try:
+        for number, image in reader:
+            yield Frame(image, path, "stream", frame=number, fps=fps)
+    finally:
+        reader.close()
+
+
 def _listed_files(entry: str) -> list[str]:
     """Images and videos named by one ``--source`` entry: a file, a folder (recursive), a glob or a .txt list."""
     path = Path(entry).expanduser()
@@ -202,9 +269,10 @@ class Source:
         if not self.files:
             raise SourceError(f"no images ({', '.join(IMG_FORMATS)}) or videos ({', '.join(VIDEO_FORMATS)}) found "
                               f"in {source}")
-        first_video = next((f for f in self.files if _is_video(f)), None)
-        if first_video is not None:  # fail now, not after the images, if the first video cannot be read
-            self._capture = open_capture(first_video, "video")
+        videos = [f for f in self.files if _is_video(f)]
+        for video in reversed(videos):  # fail now, not after the images, if a video cannot be opened
+            self.close()
+            self._capture = open_capture(video, "video")  # the first stays open for reading
 
     def _open_live(self, entry: str) -> None:
         if is_url(entry) and _is_image(entry):
@@ -226,7 +294,7 @@ class Source:
         count = len(self.files)
         for position, path in enumerate(self.files, 1):
             if self.live:
-                yield from read_frames(self._take_capture(path, "stream"), path, "stream", self.vid_stride)
+                yield from read_live_frames(self._take_capture(path, "stream"), path, self.vid_stride)
             elif _is_video(path):
                 yield from read_frames(self._take_capture(path, "video"), path, "video", self.vid_stride, position,
                                        count)
@@ -238,7 +306,7 @@ class Source:
 
     def _take_capture(self, path: str, kind: str) -> cv2.VideoCapture:
         capture, self._capture = self._capture, None
-        return capture if capture is not None else open_capture(path, kind)
+        return capture if capture is not None else open_capture(int(path) if is_camera(path) else path, kind)
 
     def close(self) -> None:
         """Release a capture opened to check the source but never read (e.g. the run stopped early)."""
