@@ -317,7 +317,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from utils.logs import setup_script_logging
+
+    setup_script_logging()
     try:
         run(**vars(opt))
     except (FileNotFoundError, ValueError, ImportError, OSError, RuntimeError) as error:  # e.g. CheckpointError

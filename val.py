@@ -276,7 +276,9 @@ def _sparsity_note(backend) -> str:
 
 
 def main(opt: argparse.Namespace):
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    from utils.logs import setup_script_logging
+
+    setup_script_logging(opt.verbose)
     try:
         return run(**vars(opt))
     except (FileNotFoundError, ValueError, RuntimeError) as error:
