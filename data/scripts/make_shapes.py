@@ -263,12 +263,15 @@ def _is_complete(out_dir: Path, meta: dict) -> bool:
     return True
 
 
-def generate(out_dir: Path, num_train: int = 2000, num_val: int = 300, imgsz: int = 320, seed: int = 0) -> Path:
+def generate(out_dir: Path, num_train: int = 2000, num_val: int = 300, imgsz: int = 320, seed: int = 0,
+             progress: bool = False) -> Path:
     """Write the dataset to `out_dir` (skipped when already complete) and return `out_dir`.
 
     Written into a temporary sibling first and renamed at the end, so an interrupted run never leaves a
-    half-written dataset that later looks complete.
+    half-written dataset that later looks complete. ``progress``: a tqdm bar per split (the command line's default).
     """
+    from tqdm import tqdm
+
     out_dir = Path(out_dir).resolve()
     meta = _meta(num_train, num_val, imgsz, seed)
     if _is_complete(out_dir, meta):
@@ -280,7 +283,7 @@ def generate(out_dir: Path, num_train: int = 2000, num_val: int = 300, imgsz: in
     for split_id, split in enumerate(SPLITS):
         (tmp / "images" / split).mkdir(parents=True)
         (tmp / "labels" / split).mkdir(parents=True)
-        for i in range(meta["counts"][split]):
+        for i in tqdm(range(meta["counts"][split]), desc=f"shapes {split}", disable=not progress, leave=False):
             rng = np.random.default_rng([seed, split_id, i])
             img, labels = render(imgsz, rng)
             quality = int(rng.integers(75, 96))
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (the dataset is a pure function of it)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    out = generate(args.out, args.train, args.val, args.imgsz, args.seed)
+    out = generate(args.out, args.train, args.val, args.imgsz, args.seed, progress=True)
     print(f"shapes dataset ready at {out} ({args.train} train / {args.val} val, {time.perf_counter() - t0:.1f}s)")
     return 0
 
