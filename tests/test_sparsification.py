@@ -527,6 +527,27 @@ def test_epoch_variables_set_in_recipe_args_are_not_scaled():
     assert "recipe variables: num_epochs 10 -> 5, pruning_end_epoch 6 -> 3" in notes
 
 
+def test_requested_epochs_scale_learning_rate_milestones():
+    """MultiStepLR milestones (and StepLR's step_size) in a LearningRateModifier's lr_kwargs are epochs too."""
+    recipe = """
+version: 1.1.0
+num_epochs: 10
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: eval(num_epochs)
+  - !LearningRateModifier
+    start_epoch: 0.0
+    lr_class: MultiStepLR
+    lr_kwargs: {milestones: [4, 8], gamma: 0.1}
+    init_lr: 0.01
+"""
+    manager, _, notes = load_recipe(recipe, requested_epochs=5)
+    assert manager.learning_rate_modifiers[0].lr_kwargs == {"milestones": [2, 4], "gamma": 0.1}
+    assert "recipe modifiers: EpochRangeModifier end_epoch 10 -> 5, LearningRateModifier lr_kwargs.milestones " \
+           "[4, 8] -> [2, 4]" in notes
+
+
 def test_recipe_without_epoch_variables_scales_its_literal_epochs():
     """Changed with issue 15: --epochs used to leave a recipe of literal numbers at its own length."""
     literal = recipe_text(SCALABLE, **{"eval(num_epochs)": "10", "eval(pruning_end_epoch)": "6",

@@ -9,8 +9,8 @@ the warm-up's literal 3. So the factor ``N / num_epochs`` applies to
   ``freeze_bn_stats_epoch``, ``disable_quantization_observer_epoch``, any other ``*_epoch(s)`` field, and
   ``step_size`` / ``milestones`` in a ``LearningRateModifier``'s ``lr_kwargs``), written as a number or as
   ``eval(...)``;
-- every top-level variable that holds epochs: its name says so (``*epoch*``), or it stands where epochs go in one of
-  those fields or variables (``update_frequency: eval(pruning_update_frequency)``);
+- every top-level variable that holds epochs: its name says so (``*_epoch``, ``*_epochs``), or it stands where epochs
+  go in one of those fields or variables (``update_frequency: eval(pruning_update_frequency)``);
 - inside ``eval(...)``, the numbers that are epochs themselves: terms added or subtracted (the ``+ 2`` of
   ``eval(num_epochs - quantization_epochs + 2)``), not factors (the ``0.05`` of ``eval(num_epochs * 0.05)``).
 
@@ -22,7 +22,7 @@ modifiers; ``manager.load_recipe`` decides when to call it and turns the problem
 from __future__ import annotations
 
 import ast
-import math
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,10 +37,6 @@ _OBJECT_PREFIX = "OBJECT."  # how SparseML's classless loader spells a ``!Modifi
 def is_epoch_field(name: str) -> bool:
     """Whether a modifier field (or a recipe variable's name) holds epochs."""
     return name not in _NOT_EPOCH_FIELDS and (name in _EXTRA_EPOCH_FIELDS or name.endswith(("_epoch", "_epochs")))
-
-
-def _is_epoch_variable_name(name: str) -> bool:
-    return "epoch" in name.lower() and name not in _NOT_EPOCH_FIELDS
 
 
 def _is_number(value: Any) -> bool:
@@ -85,7 +81,7 @@ def _epoch_values(fields: dict) -> Iterator[tuple[str, Any, Any]]:
                     yield f"lr_kwargs.{inner}", inner_value, (key, inner)
 
 
-class _EpochTerms(ast.NodeVisitor):
+class _EpochTerms:
     """The names and number constants of an expression that stand for epochs, given that its value is in epochs.
 
     Sums, differences, min/max/round and the like keep the unit; a product keeps it in one factor (the one that is not
@@ -185,7 +181,7 @@ def epoch_variables(container: dict) -> set[str]:
     """Top-level variables that hold epochs: by name, or by where they are used (see the module docstring)."""
     variables = {key: value for key, value in container.items()
                  if isinstance(key, str) and "modifiers" not in key and (_is_number(value) or _is_eval(value))}
-    found = {name for name in variables if _is_epoch_variable_name(name)}
+    found = {name for name in variables if is_epoch_field(name)}
     expressions = [value for _, fields in modifier_entries(container)
                    for _, value, _ in _epoch_values(fields) if _is_eval(value)]
     while True:
@@ -200,8 +196,6 @@ def epoch_variables(container: dict) -> set[str]:
 def scale_recipe_epochs(container: dict, ratio: float, pinned: set[str]) -> ScaledRecipe:
     """A copy of ``container`` (a non-staged recipe, SparseML's classless form) with every epoch value times
     ``ratio``; variables in ``pinned`` (set by ``--recipe-args``) stay as they are."""
-    import copy
-
     scaled = copy.deepcopy(container)
     names = epoch_variables(container)
     result = ScaledRecipe(container=scaled, epoch_variables=names)
@@ -222,21 +216,29 @@ def scale_recipe_epochs(container: dict, ratio: float, pinned: set[str]) -> Scal
 
 # -------------------------------------------------------------------------------------------- schedule checks
 
+# (label, modifier kind, epoch field -> value) per modifier, in file order
+ModifierEpochs = list[tuple[str, str, dict[str, Any]]]
+
 _ORDERED_FIELDS = (("start_epoch", "end_epoch"), ("start_epoch", "freeze_bn_stats_epoch"),
                    ("start_epoch", "disable_quantization_observer_epoch"))
 
 
-def modifier_epochs(container: dict) -> list[tuple[str, str, dict[str, float]]]:
-    """(label, kind, epoch field -> number) of every modifier of an evaluated container."""
+def modifier_epochs(container: dict) -> ModifierEpochs:
+    """(label, kind, epoch field -> number, or tuple of numbers for milestones) of every modifier of an evaluated
+    container."""
     events = []
     for label, fields in modifier_entries(container):
-        values = {name: float(value) for name, value, _ in _epoch_values(fields) if _is_number(value)}
+        values: dict[str, Any] = {}
+        for name, value, _ in _epoch_values(fields):
+            if _is_number(value):
+                values[name] = float(value)
+            elif isinstance(value, list) and value and all(_is_number(v) for v in value):
+                values[name] = tuple(float(v) for v in value)
         events.append((label, label.split(" ", 1)[0], values))
     return events
 
 
-def scaling_problems(original: list[tuple[str, str, dict[str, float]]],
-                     scaled: list[tuple[str, str, dict[str, float]]]) -> list[str]:
+def scaling_problems(original: ModifierEpochs, scaled: ModifierEpochs) -> list[str]:
     """What the scaled schedule breaks that the recipe as written kept: an epoch below 0, an end not after its
     start, a pruning window shorter than one update, pruning or distillation still running when QAT starts, or an
     event after the end of training. Proportional scaling keeps all of these; values pinned by ``--recipe-args``
@@ -244,7 +246,7 @@ def scaling_problems(original: list[tuple[str, str, dict[str, float]]],
     problems = []
     for (label, kind, before), (_, _, after) in zip(original, scaled):
         for name, value in after.items():
-            if before.get(name, -1) >= 0 and value < 0:
+            if isinstance(value, float) and before.get(name, -1) >= 0 and value < 0:
                 problems.append(f"{label} {name} would be {value:g} (before epoch 0)")
         for first, second in _ORDERED_FIELDS:
             if first not in before or second not in before or before[second] < 0 or before[first] > before[second]:
@@ -287,13 +289,16 @@ def scaling_problems(original: list[tuple[str, str, dict[str, float]]],
     return list(first_per_field.values())
 
 
-def describe_changes(original: list[tuple[str, str, dict[str, float]]],
-                     scaled: list[tuple[str, str, dict[str, float]]]) -> str:
+def _format(value: float | tuple[float, ...]) -> str:
+    return f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, tuple) else f"{value:g}"
+
+
+def describe_changes(original: ModifierEpochs, scaled: ModifierEpochs) -> str:
     """Every changed modifier epoch as ``Kind field before -> after``, identical lines merged (``x9``)."""
     counts: dict[str, int] = {}
     for (_, kind, before), (_, _, after) in zip(original, scaled):
         for name, value in after.items():
-            if name in before and not math.isclose(before[name], value):
-                line = f"{kind} {name} {before[name]:g} -> {value:g}"
+            if name in before and before[name] != value:
+                line = f"{kind} {name} {_format(before[name])} -> {_format(value)}"
                 counts[line] = counts.get(line, 0) + 1
     return ", ".join(line + (f" (x{count})" if count > 1 else "") for line, count in counts.items())

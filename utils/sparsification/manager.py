@@ -4,7 +4,8 @@ What this adds on top of SparseML, and why:
 
 - The recipe is checked against the model before the first step (parameter names and regexes, quantization
   ``ignore`` names, unknown modifier tags, YAML syntax): a wrong recipe fails in seconds, naming the closest names.
-- ``--epochs`` scales the recipe's epoch variables proportionally instead of being silently overridden.
+- ``--epochs`` scales every epoch value of the recipe (literals and variables, see ``epochs.py``) proportionally
+  instead of being silently overridden.
 - Pruning masks and the schedule state of every modifier travel with each checkpoint, so a resumed run continues with
   the same masks as the uninterrupted run (SparseML alone re-derives masks by magnitude at the resumed epoch), and the
   masks are applied to the EMA weights as well, so ``best.pt`` saved from the EMA is exactly sparse.
@@ -38,7 +39,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from utils.sparsification.compat import apply_compat
-from utils.sparsification.epochs import describe_changes, modifier_epochs, scale_recipe_epochs, scaling_problems
+from utils.sparsification.epochs import (
+    ModifierEpochs,
+    describe_changes,
+    modifier_epochs,
+    scale_recipe_epochs,
+    scaling_problems,
+)
 from utils.sparsification.export import has_quantization
 from utils.sparsification.hooks import EpochDirectives, Sparsifier, TrainingPlan
 
@@ -383,7 +390,7 @@ def _format_number(value: float) -> str:
     return f"{value:g}"
 
 
-def _evaluated_epochs(text: str, overrides: dict[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
+def _evaluated_epochs(text: str, overrides: dict[str, Any]) -> ModifierEpochs:
     """Every modifier's epoch fields as numbers, evaluated as SparseML evaluates them (without building modifiers,
     whose own checks would report a broken schedule with less context)."""
     from sparseml.optim.helpers import (
@@ -628,6 +635,13 @@ def check_recipe_against_model(manager: Any, model: nn.Module, source: str) -> N
             if entry not in module_names:
                 problems.append(f"{kind} submodules '{entry}' is not a submodule of this model; closest: "
                                 f"{', '.join(_closest(entry, module_names))}")
+        # The legacy modifier compares these with type names: a misspelt one would silently change nothing.
+        for option in ("exclude_module_types", "custom_quantizable_module_types"):
+            entries = (getattr(modifier, option, None) or []) if kind == "QuantizationModifier" else []
+            for entry in entries:
+                if entry not in type_names and not _is_torch_layer_type(entry):
+                    problems.append(f"{kind} {option} '{entry}' is not a layer type of torch.nn or of this model; "
+                                    f"closest: {', '.join(_closest(entry, sorted(type_names)))}")
     if problems:
         raise RecipeError(f"{source} does not fit this model:\n  " + "\n  ".join(problems))
 
