@@ -933,7 +933,9 @@ class RecipeSparsifier(Sparsifier):
         self._steps_per_epoch = int(steps_per_epoch)
         self._start_epoch = int(start_epoch)
         resume = self._resume_state
-        if resume is not None:
+        if resume is None:  # before SparseML touches the model
+            check_quantization_steps(self._manager, self._steps_per_epoch, self._start_epoch, self.source)
+        else:
             self._restore_schedule(resume)
         with _training_mode(module):
             self._wrapped = self._manager.modify(module, optimizer, self._steps_per_epoch, wrap_optim=scaler,
@@ -941,8 +943,6 @@ class RecipeSparsifier(Sparsifier):
                                                  distillation_teacher=teacher if teacher is not None else "disable")
         if resume is not None:
             self._restore_masks(resume)
-        if resume is None:
-            check_quantization_steps(self._manager, self._steps_per_epoch, self._start_epoch, self.source)
         epochs = recipe_epochs(self._manager)
         notes = list(self._notes)
         if epochs is None:
