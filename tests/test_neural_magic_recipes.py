@@ -221,6 +221,22 @@ def test_factors_in_expressions_are_not_epochs():
     assert manager.pruning_modifiers[0].end_epoch == pytest.approx(15)  # 25 - 100 * 0.1
 
 
+def test_only_the_epoch_terms_of_an_expression_scale():
+    """Shares and round()'s digits stay; offsets and min/max bounds in epochs scale (x0.5 here)."""
+    from utils.sparsification.epochs import scale_recipe_epochs
+
+    container = {"num_epochs": 100, "qat_share": 0.05, "quantization_epochs": "eval(max(1, num_epochs * qat_share))",
+                 "modifiers": [{"OBJECT.QuantizationModifier": None,
+                                "start_epoch": "eval(num_epochs - quantization_epochs)",
+                                "freeze_bn_stats_epoch": "eval(round(num_epochs - quantization_epochs + 2, 1))"}]}
+    scaled = scale_recipe_epochs(container, 0.5, pinned=set()).container
+    assert (scaled["num_epochs"], scaled["qat_share"]) == (50, 0.05)
+    assert scaled["quantization_epochs"] == "eval(max(0.5, num_epochs * qat_share))"
+    assert scaled["modifiers"][0]["start_epoch"] == "eval(num_epochs - quantization_epochs)"
+    assert scaled["modifiers"][0]["freeze_bn_stats_epoch"] == "eval(round(num_epochs - quantization_epochs + 1.0, 1))"
+    assert container["num_epochs"] == 100  # a copy: the recipe as read stays as it was
+
+
 def test_recipe_args_variables_are_not_scaled():
     manager, _, notes = load_recipe(PRUNED_QUANT, {"quantization_epochs": 2}, requested_epochs=25)
     assert manager.max_epochs == 25

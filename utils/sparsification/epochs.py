@@ -116,9 +116,10 @@ class _EpochTerms:
             else:  # a power of epochs is not epochs
                 self.collect(node.left, False)
                 self.collect(node.right, False)
-        elif isinstance(node, ast.Call):
-            for argument in node.args:
-                self.collect(argument, epochs)
+        elif isinstance(node, ast.Call):  # min/max of epochs are epochs; round(x, 1), int(x): only x is
+            every = isinstance(node.func, ast.Name) and node.func.id in ("min", "max")
+            for index, argument in enumerate(node.args):
+                self.collect(argument, epochs and (every or index == 0))
         else:
             for child in ast.iter_child_nodes(node):
                 self.collect(child, False)
