@@ -513,26 +513,53 @@ def test_recipe_args_parsing_errors():
 
 def test_requested_epochs_scale_every_epoch_variable():
     manager, _, notes = load_recipe(SCALABLE, requested_epochs=5)
-    assert "recipe num_epochs 10 -> 5: pruning_end_epoch 6 -> 3, qat_start_epoch 8 -> 4" in notes
+    assert "recipe num_epochs 10 -> 5: every epoch value x0.5" in notes
+    assert "recipe variables: num_epochs 10 -> 5, pruning_end_epoch 6 -> 3, qat_start_epoch 8 -> 4" in notes
     assert manager.max_epochs == 5
     assert manager.pruning_modifiers[0].end_epoch == 3 and manager.quantization_modifiers[0].start_epoch == 4
+    assert manager.pruning_modifiers[0].update_frequency == 0.5  # a literal, scaled too
 
 
 def test_epoch_variables_set_in_recipe_args_are_not_scaled():
-    manager, _, notes = load_recipe(SCALABLE, {"qat_start_epoch": 9}, requested_epochs=20)
-    assert manager.max_epochs == 20 and manager.pruning_modifiers[0].end_epoch == 12
-    assert manager.quantization_modifiers[0].start_epoch == 9
-    assert "recipe num_epochs 10 -> 20: pruning_end_epoch 6 -> 12" in notes
+    manager, _, notes = load_recipe(SCALABLE, {"qat_start_epoch": 4.5}, requested_epochs=5)
+    assert manager.max_epochs == 5 and manager.pruning_modifiers[0].end_epoch == 3
+    assert manager.quantization_modifiers[0].start_epoch == 4.5
+    assert "recipe variables: num_epochs 10 -> 5, pruning_end_epoch 6 -> 3" in notes
 
 
-def test_recipe_without_epoch_variables_keeps_its_own_length():
+def test_requested_epochs_scale_learning_rate_milestones():
+    """MultiStepLR milestones (and StepLR's step_size) in a LearningRateModifier's lr_kwargs are epochs too."""
+    recipe = """
+version: 1.1.0
+num_epochs: 10
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: eval(num_epochs)
+  - !LearningRateModifier
+    start_epoch: 0.0
+    lr_class: MultiStepLR
+    lr_kwargs: {milestones: [4, 8], gamma: 0.1}
+    init_lr: 0.01
+"""
+    manager, _, notes = load_recipe(recipe, requested_epochs=5)
+    assert manager.learning_rate_modifiers[0].lr_kwargs == {"milestones": [2, 4], "gamma": 0.1}
+    assert "recipe modifiers: EpochRangeModifier end_epoch 10 -> 5, LearningRateModifier lr_kwargs.milestones " \
+           "[4, 8] -> [2, 4]" in notes
+
+
+def test_recipe_without_epoch_variables_scales_its_literal_epochs():
+    """Changed with issue 15: --epochs used to leave a recipe of literal numbers at its own length."""
     literal = recipe_text(SCALABLE, **{"eval(num_epochs)": "10", "eval(pruning_end_epoch)": "6",
                                        "eval(qat_start_epoch)": "8"})
     literal = "\n".join(line for line in literal.splitlines() if "_epoch:" not in line or line.startswith(" "))
     literal = literal.replace("num_epochs: 10\n", "")
     manager, _, notes = load_recipe(literal, requested_epochs=5)
-    assert manager.max_epochs == 10
-    assert any("recipe decides the epochs: 10 (it has no epoch variables to scale)" in note for note in notes)
+    assert manager.max_epochs == 5
+    assert manager.pruning_modifiers[0].end_epoch == 3 and manager.quantization_modifiers[0].start_epoch == 4
+    assert "recipe length 10 -> 5: every epoch value x0.5" in notes
+    assert any(note.startswith("recipe modifiers: ") and "GMPruningModifier end_epoch 6 -> 3" in note
+               and "QuantizationModifier start_epoch 8 -> 4" in note for note in notes)
 
 
 # ------------------------------------------------------------------------------------- clear errors

@@ -4,7 +4,8 @@ What this adds on top of SparseML, and why:
 
 - The recipe is checked against the model before the first step (parameter names and regexes, quantization
   ``ignore`` names, unknown modifier tags, YAML syntax): a wrong recipe fails in seconds, naming the closest names.
-- ``--epochs`` scales the recipe's epoch variables proportionally instead of being silently overridden.
+- ``--epochs`` scales every epoch value of the recipe (literals and variables, see ``epochs.py``) proportionally
+  instead of being silently overridden.
 - Pruning masks and the schedule state of every modifier travel with each checkpoint, so a resumed run continues with
   the same masks as the uninterrupted run (SparseML alone re-derives masks by magnitude at the resumed epoch), and the
   masks are applied to the EMA weights as well, so ``best.pt`` saved from the EMA is exactly sparse.
@@ -38,6 +39,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from utils.sparsification.compat import apply_compat
+from utils.sparsification.epochs import (
+    ModifierEpochs,
+    describe_changes,
+    modifier_epochs,
+    scale_recipe_epochs,
+    scaling_problems,
+)
 from utils.sparsification.export import has_quantization
 from utils.sparsification.hooks import EpochDirectives, Sparsifier, TrainingPlan
 
@@ -382,17 +390,58 @@ def _format_number(value: float) -> str:
     return f"{value:g}"
 
 
-def _scaled_epoch(value: float) -> float:
-    rounded = round(value, 4)
-    return float(round(rounded)) if abs(rounded - round(rounded)) < 1e-6 else rounded
+def _evaluated_epochs(text: str, overrides: dict[str, Any]) -> ModifierEpochs:
+    """Every modifier's epoch fields as numbers, evaluated as SparseML evaluates them (without building modifiers,
+    whose own checks would report a broken schedule with less context)."""
+    from sparseml.optim.helpers import (
+        evaluate_recipe_yaml_str_equations,
+        load_recipe_yaml_str_no_classes,
+        update_recipe_variables,
+    )
+
+    text = update_recipe_variables(text, overrides) if overrides else text
+    return modifier_epochs(load_recipe_yaml_str_no_classes(evaluate_recipe_yaml_str_equations(text)))
+
+
+def _scale_epochs(text: str, source: str, overrides: dict[str, Any], ratio: float,
+                  requested_epochs: int) -> tuple[str, list[str]] | None:
+    """The recipe with every epoch value times ``ratio`` (see ``epochs.py``) and the log lines saying what changed;
+    None when it holds nothing to scale. A schedule that scaling breaks is a ``RecipeError`` naming each field."""
+    from sparseml.optim.helpers import load_recipe_yaml_str_no_classes, rewrite_recipe_yaml_string_with_classes
+
+    container = load_recipe_yaml_str_no_classes(text)
+    scaled = scale_recipe_epochs(container, ratio, set(overrides))
+    scaled_text = rewrite_recipe_yaml_string_with_classes(scaled.container)
+    _check_recipe_expressions(scaled.container, overrides, f"{source} (scaled to --epochs {requested_epochs})")
+    before, after = _evaluated_epochs(text, overrides), _evaluated_epochs(scaled_text, overrides)
+    changes = describe_changes(before, after)
+    if not changes and not scaled.variables:
+        return None
+    problems = scaling_problems(before, after)
+    if problems:
+        pinned = sorted(set(overrides) & scaled.epoch_variables)
+        fix = (f"--recipe-args sets {', '.join(pinned)}, which --epochs does not scale: set it for {requested_epochs} "
+               f"epochs too, or leave it to --epochs" if pinned else
+               "pass more --epochs, or set the recipe's epochs with --recipe-args instead of --epochs")
+        raise RecipeError(f"{source}: --epochs {requested_epochs} scales every epoch by {ratio:g}, which breaks the "
+                          f"schedule:\n  " + "\n  ".join(problems) + f"\n  Fix: {fix}")
+    variables = ", ".join(f"{name} {_format_value(old)} -> {_format_value(new)}" for name, old, new in scaled.variables)
+    notes = [line for line in (f"recipe variables: {variables}" if variables else "",
+                               f"recipe modifiers: {changes}" if changes else "") if line]
+    return scaled_text, notes
+
+
+def _format_value(value: Any) -> str:
+    return _format_number(value) if _is_number(value) else str(value)
 
 
 def load_recipe(recipe: str, recipe_args: str | dict | None = None,
                 requested_epochs: int | None = None) -> tuple[Any, str, list[str]]:
     """Read, check and build a recipe; returns (manager, source name, notes for the log).
 
-    With ``requested_epochs``, every numeric recipe variable whose name contains 'epoch' and that ``recipe_args`` does
-    not set is scaled by ``requested_epochs / num_epochs`` (the recipe's own length when it has no ``num_epochs``).
+    With ``requested_epochs``, every epoch value of the recipe, literal or variable, is multiplied by
+    ``requested_epochs / num_epochs`` (the recipe's own length when it has no ``num_epochs``), except variables that
+    ``recipe_args`` sets (``epochs.py`` says which values hold epochs).
     """
     text, source, line_offset = _read_recipe_text(recipe)
     _check_recipe_limits(text, source, line_offset)
@@ -418,21 +467,22 @@ def load_recipe(recipe: str, recipe_args: str | dict | None = None,
     if "num_epochs" in overrides:
         notes.append(f"--epochs {requested_epochs} is ignored: recipe_args sets num_epochs={overrides['num_epochs']}")
         return manager, source, notes
-    scalable = {key: value for key, value in variables.items()
-                if "epoch" in key.lower() and _is_number(value) and key not in overrides}
     base = variables.get("num_epochs") if _is_number(variables.get("num_epochs")) else length
-    if staged or not scalable or not base or base <= 0:
-        why = "it is staged" if staged else "it has no epoch variables to scale"
+    scaled = None
+    if not staged and base and base > 0:
+        scaled = _scale_epochs(text, source, overrides, requested_epochs / base, requested_epochs)
+    if scaled is None:
+        why = "it is staged" if staged else "it has no epochs to scale"
         notes.append(f"recipe decides the epochs: {length} ({why}); --epochs {requested_epochs} is not used")
         return manager, source, notes
-    ratio = requested_epochs / base
-    scaled = {key: _scaled_epoch(value * ratio) for key, value in scalable.items()}
-    manager = _build_manager(text, {**overrides, **scaled}, source)
+    scaled_text, changes = scaled
+    manager = _build_manager(scaled_text, overrides, source)
     _check_schedule(manager, source)
-    mapping = ", ".join(f"{key} {_format_number(scalable[key])} -> {_format_number(scaled[key])}"
-                        for key in scalable if key != "num_epochs" and scaled[key] != scalable[key])
-    label = "num_epochs" if "num_epochs" in scalable else "length"
-    notes.append(f"recipe {label} {_format_number(base)} -> {requested_epochs}" + (f": {mapping}" if mapping else ""))
+    label = "num_epochs" if _is_number(variables.get("num_epochs")) else "length"
+    notes.append(f"recipe {label} {_format_number(base)} -> {requested_epochs}: every epoch value x"
+                 f"{requested_epochs / base:.6g}" + ("" if not overrides else
+                                                   " (not the --recipe-args variables)"))
+    notes += changes
     new_length = recipe_epochs(manager)
     if new_length != requested_epochs:
         notes.append(f"the scaled recipe runs {new_length} epochs, not {requested_epochs}: its epoch range does not "
@@ -585,12 +635,21 @@ def check_recipe_against_model(manager: Any, model: nn.Module, source: str) -> N
             if entry not in module_names:
                 problems.append(f"{kind} submodules '{entry}' is not a submodule of this model; closest: "
                                 f"{', '.join(_closest(entry, module_names))}")
+        # The legacy modifier compares these with type names: a misspelt one would silently change nothing.
+        for option in ("exclude_module_types", "custom_quantizable_module_types"):
+            entries = (getattr(modifier, option, None) or []) if kind == "QuantizationModifier" else []
+            for entry in entries:
+                if entry not in type_names and not _is_torch_layer_type(entry):
+                    problems.append(f"{kind} {option} '{entry}' is not a layer type of torch.nn or of this model; "
+                                    f"closest: {', '.join(_closest(entry, sorted(type_names)))}")
     if problems:
         raise RecipeError(f"{source} does not fit this model:\n  " + "\n  ".join(problems))
 
 
-def check_distillation_schedule(manager: Any, model: nn.Module, source: str, quantized_base: bool = False) -> None:
-    """Distillation must end before quantization-aware training starts, and named layers must exist.
+def check_distillation_schedule(manager: Any, model: nn.Module, source: str, quantized_base: bool = False,
+                                teacher: nn.Module | None = None) -> None:
+    """Distillation must end before quantization-aware training starts, and named layers must exist (student layers
+    in the model, teacher layers in ``teacher``).
 
     Per-layer distillation hooks the model's Conv2d layers; QAT replaces them with fused fake-quantized modules, so a
     distillation window that overlaps QAT would silently compare stale features. (The NM recipes end it before QAT.)
@@ -615,8 +674,39 @@ def check_distillation_schedule(manager: Any, model: nn.Module, source: str, qua
             if name not in module_names:
                 problems.append(f"{kind} student layer '{name}' is not a module of this model; closest: "
                                 f"{', '.join(_closest(name, module_names))}")
+        if teacher is not None:
+            teacher_names, _ = _module_names(_unwrap(teacher))
+            for name in getattr(modifier, "teacher_layer_names", None) or []:
+                if name not in teacher_names:
+                    problems.append(f"{kind} teacher layer '{name}' is not a module of the --teacher-weights model; "
+                                    f"closest: {', '.join(_closest(name, teacher_names))}")
     if problems:
         raise RecipeError(f"{source}: distillation does not fit this model or schedule:\n  " + "\n  ".join(problems))
+
+
+def check_quantization_steps(manager: Any, steps_per_epoch: int, start_epoch: int, source: str) -> None:
+    """QAT observers must see at least one training step before ``disable_quantization_observer_epoch``.
+
+    SparseML applies QAT and disables the observers at the first optimizer step at or after each epoch. When no step
+    falls between the two (a short run of a long recipe: 250 epochs as 3 put QAT at 2.88 and the observers' end at
+    2.904), every quantizer keeps its initial scale of 1 and nearly every weight rounds to zero. Refused with the
+    step arithmetic instead of training and exporting such a model.
+    """
+    if steps_per_epoch <= 0:
+        return
+    for modifier in manager.quantization_modifiers:
+        start = float(modifier.start_epoch)
+        observers_off = getattr(modifier, "disable_quantization_observer_epoch", None)
+        if not _is_number(observers_off) or observers_off < 0 or start < 0 or start < start_epoch:
+            continue
+        first_step = math.ceil(start * steps_per_epoch - 1e-6) / steps_per_epoch  # epoch value of the first QAT step
+        if first_step >= observers_off:
+            raise RecipeError(
+                f"{source}: QuantizationModifier disable_quantization_observer_epoch {observers_off:g} comes before "
+                f"any training step with QAT on (start_epoch {start:g}; with {steps_per_epoch} steps per epoch the "
+                f"first QAT step is at {first_step:g}): the quantizers would never see data and most weights would "
+                f"round to zero. Fix: more steps per epoch (smaller --batch-size), more --epochs, or a later "
+                f"disable_quantization_observer_epoch")
 
 
 def _projection_state(modifier: Any) -> dict:
@@ -858,13 +948,15 @@ class RecipeSparsifier(Sparsifier):
                               f"--teacher-weights")
         if teacher is not None:  # without a teacher the modifiers stay off: nothing to check
             check_distillation_schedule(self._manager, module, self.source,
-                                        quantized_base="quantized" in self._base_phase)
+                                        quantized_base="quantized" in self._base_phase, teacher=teacher)
         self._distilling = teacher is not None
         self._optimizer = optimizer
         self._steps_per_epoch = int(steps_per_epoch)
         self._start_epoch = int(start_epoch)
         resume = self._resume_state
-        if resume is not None:
+        if resume is None:  # before SparseML touches the model
+            check_quantization_steps(self._manager, self._steps_per_epoch, self._start_epoch, self.source)
+        else:
             self._restore_schedule(resume)
         with _training_mode(module):
             self._wrapped = self._manager.modify(module, optimizer, self._steps_per_epoch, wrap_optim=scaler,
