@@ -392,6 +392,7 @@ def test_quantization_aware_checkpoint_exports_an_integer_graph(qat_weights: Pat
         print(each.check.line())  # shown with pytest -s: the observed differences
         assert each.check.passed, each.check.line()
         assert_compared(each.check)
+        assert not each.check.scores_fatal and "(reported, not judged)" in each.check.line()  # INT8: detections count
     assert report.quantized and len(report.others) == 1
     summary = report.summary
     assert summary.input_dtype == "uint8" and summary.input_shape == [1, 3, 64, 64]
