@@ -256,10 +256,10 @@ def reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) ->
 
 
 # --------------------------------------------------------------------------------------------------------- epoch
-def apply_epoch_directives(directives: EpochDirectives, ema: ModelEMA | None, state: RunState) -> ModelEMA | None:
-    """Do what the recipe asks at an epoch start (QAT: EMA and AMP off; a new phase restarts best fitness).
-
-    Returns the EMA the loop keeps updating: None once the recipe turned it off.
+def apply_epoch_directives(directives: EpochDirectives, ema: ModelEMA | None, state: RunState,
+                           scaler: torch.amp.GradScaler) -> ModelEMA | None:
+    """Do what the recipe asks at an epoch start (QAT: EMA, AMP and loss scaling off; a new phase restarts best
+    fitness). Returns the EMA the loop keeps updating: None once the recipe turned it off.
     """
     for note in directives.notes:
         LOGGER.info("recipe: %s", note)
@@ -269,6 +269,11 @@ def apply_epoch_directives(directives: EpochDirectives, ema: ModelEMA | None, st
     if directives.disable_amp and state.amp_enabled:
         LOGGER.info("quantization-aware training starts: AMP off")
         state.amp_enabled = False
+    if directives.disable_amp and scaler.is_enabled():
+        # float32 losses need no scaling, and a scaler left on would still skip steps on overflow. GradScaler has no
+        # public switch; disabled, its scale/step/update pass straight through and its state_dict is empty (a resumed
+        # QAT run starts with a fresh scaler and turns it off here again).
+        scaler._enabled = False
     if directives.phase_changed or directives.phase != state.phase:
         LOGGER.info("phase %s -> %s: best fitness restarts", state.phase, directives.phase)
         state.phase = directives.phase
@@ -545,7 +550,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     t0 = time.time()
     for epoch in range(state.start_epoch, epochs):
         epoch_started = time.time()
-        ema = apply_epoch_directives(sparsifier.epoch_start(epoch), ema, state)
+        ema = apply_epoch_directives(sparsifier.epoch_start(epoch), ema, state, scaler)
         reseed_loader(train_loader, opt.seed, epoch)
         mean_loss = train_one_epoch(
             model=model, loader=train_loader, optimizer=optimizer, scaler=scaler, compute_loss=compute_loss,

@@ -218,10 +218,11 @@ def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint
           stop_after: int | None = None, keep: tuple[int, ...] = (), accumulate: int = 1,
           teacher: nn.Module | None = None, amp: bool = False) -> Run:
     """train.py's own epoch code on tiny random batches: its epoch-start directives, train_one_epoch and resume
-    state, with the hooks in its order. ``amp`` starts with autocast on (bfloat16 on the CPU, as float16 on CUDA)."""
+    state, with the hooks in its order. ``amp`` starts with autocast (bfloat16 on the CPU, as float16 on CUDA) and
+    loss scaling on, as a CUDA run does."""
     optimizer = build_optimizer(model, "SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)
     ema = ModelEMA(model)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler("cpu", enabled=amp)
     state = train_py.RunState(amp_enabled=amp)
     if checkpoint is not None:
         state = train_py.restore_run_state(checkpoint, optimizer, scaler, ema, model)
@@ -239,7 +240,7 @@ def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint
     for epoch in range(start_epoch, plan.epochs):
         run.epoch = epoch
         directives = sparsifier.epoch_start(epoch)
-        ema = train_py.apply_epoch_directives(directives, ema, state)
+        ema = train_py.apply_epoch_directives(directives, ema, state, scaler)
         train_py.train_one_epoch(
             model=model, loader=loader(epoch), optimizer=optimizer, scaler=scaler, compute_loss=compute_loss,
             ema=ema, sparsifier=sparsifier, state=state, epoch=epoch, epochs=plan.epochs, hyp=HYP,
@@ -253,7 +254,7 @@ def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint
         run.checkpoints[epoch] = weights_only_roundtrip({
             "model": model.state_dict(), "ema": ema.ema.state_dict() if ema is not None else None,
             "ema_updates": ema.updates if ema is not None else 0, "optimizer": optimizer.state_dict(),
-            "scaler": None, "epoch": epoch, "best_fitness": 0.0, "phase_best_fitness": {},
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_fitness": 0.0, "phase_best_fitness": {},
             "options": {"phase": state.phase, "ema_enabled": state.ema_enabled, "amp_enabled": state.amp_enabled},
             "sparsification": sparsification})
         run.epochs[epoch] = {**observe(model, directives, sparsification), "ema_on": ema is not None,
@@ -339,7 +340,7 @@ def test_qat_start_turns_ema_and_amp_off_in_the_loop(full_run):
     assert full_run.checkpoints[3]["ema"] is None and full_run.checkpoints[2]["ema"] is not None
     assert [o["amp_enabled"] for o in observed] == [True] * 3 + [False] * 2
     assert [full_run.autocast[e] for e in range(5)] == [{True}] * 3 + [{False}] * 2
-    assert not any(o["scaler_enabled"] for o in observed[3:])
+    assert [o["scaler_enabled"] for o in observed] == [True] * 3 + [False] * 2
 
 
 def test_qat_starts_then_observers_and_bn_freeze_on_schedule(full_run):
@@ -416,14 +417,14 @@ def test_resumed_run_has_the_same_masks_and_sparsity_as_the_uninterrupted_one(fu
     model = rebuild(checkpoint)  # train.py: restore_structure + strict load of last.pt
     sparsifier = create_sparsifier(PRUNE_QUANT)
     sparsifier.model_built(model, checkpoint["sparsification"], resume=True)
-    resumed = train(sparsifier, model, start_epoch=interrupt + 1, checkpoint=checkpoint)
+    resumed = train(sparsifier, model, start_epoch=interrupt + 1, checkpoint=checkpoint, amp=True)
     for epoch in range(interrupt + 1, 5):
         expected, got = full_run.epochs[epoch], resumed.epochs[epoch]
         assert got["sparsity"] == expected["sparsity"], epoch
         assert got["masks"].keys() == expected["masks"].keys()
         assert all(torch.equal(got["masks"][n], expected["masks"][n]) for n in expected["masks"]), epoch
         for key in ("phase", "phase_changed", "disable_ema", "disable_amp", "fake_quantizers", "observers_on",
-                    "bn_frozen", "ema_on", "amp_enabled"):
+                    "bn_frozen", "ema_on", "amp_enabled", "scaler_enabled"):
             assert got[key] == expected[key], (epoch, key)
     assert resumed.masked_nonzero == 0.0
     final_expected, final_got = full_run.checkpoints[4]["model"], resumed.checkpoints[4]["model"]
