@@ -1,12 +1,13 @@
 # make demo   - set up .venv, build the built-in dataset, train + sparsify, validate, export, detect
 # make test   - set up .venv and run the test suite
+# make test-fast - the suite without the slow end-to-end runs (edit-test loop; make test runs everything)
 # make bench  - run the benchmarks and write BENCHMARKS.md
 VENV ?= .venv
 PYTHON_BIN ?= python3.11
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -22,6 +23,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) benchmarks.py

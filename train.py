@@ -55,7 +55,7 @@ from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.optim import build_optimizer, lr_lambda  # noqa: E402
 from utils.runs import increment_path  # noqa: E402
-from utils.sparsification import Sparsifier, create_sparsifier, restore_structure  # noqa: E402
+from utils.sparsification import EpochDirectives, Sparsifier, create_sparsifier, restore_structure  # noqa: E402
 from utils.sparsification.teacher import SELF as SELF_TEACHER  # noqa: E402
 from utils.sparsification.teacher import load_teacher, save_teacher  # noqa: E402
 from utils.sparsification.zoo import ZooUnavailableError  # noqa: E402
@@ -271,6 +271,31 @@ def reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) ->
 
 
 # --------------------------------------------------------------------------------------------------------- epoch
+def apply_epoch_directives(directives: EpochDirectives, ema: ModelEMA | None, state: RunState,
+                           scaler: torch.amp.GradScaler) -> ModelEMA | None:
+    """Do what the recipe asks at an epoch start (QAT: EMA, AMP and loss scaling off; a new phase restarts best
+    fitness). Returns the EMA the loop keeps updating: None once the recipe turned it off.
+    """
+    for note in directives.notes:
+        LOGGER.info("recipe: %s", note)
+    if directives.disable_ema and ema is not None:
+        LOGGER.info("quantization-aware training starts: EMA off")
+        ema, state.ema_enabled = None, False
+    if directives.disable_amp and state.amp_enabled:
+        LOGGER.info("quantization-aware training starts: AMP off")
+        state.amp_enabled = False
+    if directives.disable_amp and scaler.is_enabled():
+        # float32 losses need no scaling, and a scaler left on would still skip steps on overflow. GradScaler has no
+        # public switch; disabled, its scale/step/update pass straight through and its state_dict is empty (a resumed
+        # QAT run starts with a fresh scaler and turns it off here again).
+        scaler._enabled = False
+    if directives.phase_changed or directives.phase != state.phase:
+        LOGGER.info("phase %s -> %s: best fitness restarts", state.phase, directives.phase)
+        state.phase = directives.phase
+        state.best_fitness = 0.0
+    return ema
+
+
 def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler, compute_loss: ComputeLoss,
                     ema: ModelEMA | None, sparsifier: Sparsifier, state: RunState, epoch: int, epochs: int,
                     hyp: dict, batch_size: int, imgsz: int, warmup: dict | None, multi_scale: bool,
@@ -543,19 +568,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     t0 = time.time()
     for epoch in range(state.start_epoch, epochs):
         epoch_started = time.time()
-        directives = sparsifier.epoch_start(epoch)
-        for note in directives.notes:
-            LOGGER.info("recipe: %s", note)
-        if directives.disable_ema and ema is not None:
-            LOGGER.info("quantization-aware training starts: EMA off")
-            ema, state.ema_enabled = None, False
-        if directives.disable_amp and state.amp_enabled:
-            LOGGER.info("quantization-aware training starts: AMP off")
-            state.amp_enabled = False
-        if directives.phase_changed or directives.phase != state.phase:
-            LOGGER.info("phase %s -> %s: best fitness restarts", state.phase, directives.phase)
-            state.phase = directives.phase
-            state.best_fitness = 0.0
+        ema = apply_epoch_directives(sparsifier.epoch_start(epoch), ema, state, scaler)
         reseed_loader(train_loader, opt.seed, epoch)
         mean_loss = train_one_epoch(
             model=model, loader=train_loader, optimizer=optimizer, scaler=scaler, compute_loss=compute_loss,

@@ -10,7 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export import PER_CHANNEL_QAT_RECIPE, QAT_RECIPE, prune_by_magnitude, qat_checkpoint
+from test_export import (
+    PER_CHANNEL_QAT_RECIPE,
+    QAT_RECIPE,
+    assert_compared,
+    detecting,
+    prune_by_magnitude,
+    qat_checkpoint,
+)
 
 import export
 import val
@@ -21,12 +28,14 @@ from utils.runtime_benchmark import condition_batchnorm
 from utils.sparsification.export import onnxruntime_ops
 
 HAS_DEEPSPARSE = importlib.util.find_spec("deepsparse") is not None
-NEEDS_DEEPSPARSE = pytest.mark.skipif(not HAS_DEEPSPARSE, reason="deepsparse is not installed (optional deploy extra)")
+NEEDS_DEEPSPARSE = pytest.mark.skipif(not HAS_DEEPSPARSE, reason="DeepSparse runtime not tested: deepsparse is "
+                                      "optional and not installed (pip install -r requirements-deploy.txt)")
 HEAD_CONVS = 3  # Detect's 1x1 convs keep a float output (their logits feed the box decode), so no QLinearConv
 
 
 def pruned_qat_checkpoint(data: Path, folder: Path, recipe_text: str = QAT_RECIPE, cfg: str = "yolov5n.yaml") -> Path:
-    """A pruned (80%) yolov5n QAT checkpoint made by the training path: recipe manager, one step, strict save."""
+    """A pruned (80%) yolov5n QAT checkpoint that detects, made by the training path: recipe manager, one step,
+    strict save."""
     names = check_dataset(str(data))["names"]
     images, _, _ = export.sample_images(str(data), (64, 64), 8)
     torch.manual_seed(4)
@@ -34,7 +43,7 @@ def pruned_qat_checkpoint(data: Path, folder: Path, recipe_text: str = QAT_RECIP
     model.names = [names[i] for i in sorted(names)]
     model = condition_batchnorm(model, images)
     prune_by_magnitude(model, 0.8)
-    return qat_checkpoint(model, images, folder / "last.pt", recipe_text)
+    return qat_checkpoint(detecting(model), images, folder / "last.pt", recipe_text)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +88,10 @@ def test_qdq_file_is_quantize_dequantize_around_convolutions(exported: export.Ex
 def test_qdq_file_keeps_pruned_zeros_and_matches_torch(exported: export.ExportReport) -> None:
     qdq = exported.others[0]
     print(qdq.check.line(), *qdq.notes, sep="\n")  # pytest -s shows the observed differences
-    assert qdq.check.passed, qdq.check.line()
-    assert (qdq.check.box_atol, qdq.check.box_rtol, qdq.check.score_tolerance,
-            qdq.check.box_confidence) == export.TOLERANCES["quantized"]
+    for each in (exported, qdq):  # both INT8 files compared real detections and their boxes
+        assert each.check.passed, each.check.line()
+        assert_compared(each.check)
+    assert (qdq.check.box_atol, qdq.check.box_rtol, qdq.check.score_tolerance) == export.TOLERANCES["quantized"]
     # every weight pruned in torch is an int8 0 in the file (symmetric weights: zero point 0)
     assert qdq.check.zeros_kept and qdq.check.model_zeros > 0.7 * qdq.summary.conv_weight_elements
     assert qdq.summary.conv_weight_zeros == exported.summary.conv_weight_zeros  # same codes as the integer file
@@ -102,7 +112,7 @@ def test_deepsparse_runs_the_integer_file_like_onnxruntime(exported: export.Expo
 
 def assert_within_int8_tolerance(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     """Two runtimes' outputs of one INT8 file agree within export.py's quantized tolerances."""
-    box_atol, box_rtol, score_tolerance, _ = export.TOLERANCES["quantized"]
+    box_atol, box_rtol, score_tolerance = export.TOLERANCES["quantized"]
     difference = (ours - theirs).abs()
     print(f"deepsparse vs onnxruntime: boxes {float(difference[..., :4].max()):.3g} px, "
           f"scores {float(difference[..., 4:].max()):.3g}")
@@ -125,6 +135,7 @@ def test_deepsparse_compiles_the_whole_integer_file_and_agrees_with_onnxruntime(
     report = export.export_onnx(weights, imgsz=64, data=str(shapes_dataset), calib_data=8, device="cpu",
                                 int8_format="integer")
     assert report.check.passed, report.check.line()
+    assert_compared(report.check)
     images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 2)
     sparse = load_backend(report.path, runtime="deepsparse", threads=1)
     ours, theirs = sparse(images), load_backend(report.path, runtime="onnxruntime", threads=1)(images)
@@ -160,6 +171,8 @@ def test_a_float_detect_head_exports_in_both_formats(shapes_dataset: Path, tmp_p
                                  int8_format="both")
     qdq = integer.others[0]
     assert integer.check.passed and qdq.check.passed, (integer.check.line(), qdq.check.line())
+    assert_compared(integer.check)
+    assert_compared(qdq.check)
     assert integer.summary.ops["ConvInteger"] == 60 - HEAD_CONVS and integer.summary.ops["Conv"] == HEAD_CONVS
     fused = onnxruntime_ops(qdq.path)
     assert fused["QLinearConv"] == 60 - HEAD_CONVS and fused["Conv"] == HEAD_CONVS

@@ -139,15 +139,14 @@ def test_teacher_of_other_classes_is_refused(official_fixture_dir):
 
 
 @pytest.mark.slow
-def test_train_py_distils_from_the_dense_checkpoint_it_fine_tunes(tmp_path, shapes_dataset):
+def test_train_py_distils_from_the_dense_checkpoint_it_fine_tunes(tmp_path, shapes_dataset, dense_run):
     import train
     import val
     from utils.checkpoint import load_checkpoint
 
     common = {"data": str(shapes_dataset), "imgsz": 64, "batch_size": 4, "workers": 0, "noplots": True,
               "project": str(tmp_path / "runs")}
-    train.run(cfg="yolov5n.yaml", weights="", epochs=1, name="dense", **common)
-    dense = tmp_path / "runs" / "dense" / "weights" / "last.pt"
+    dense = dense_run
     summary = train.run(weights=str(dense), teacher_weights=str(dense), name="sparse",
                         sparsification_recipe=str(train.ROOT / "recipes" / "yolov5n.pruned_quant.yaml"),
                         recipe_args='{"num_epochs": 2, "quantization_epochs": 1}', **common)
@@ -163,29 +162,20 @@ def test_train_py_distils_from_the_dense_checkpoint_it_fine_tunes(tmp_path, shap
 
 
 @pytest.mark.slow
-def test_a_resumed_self_distilled_run_ends_as_the_uninterrupted_one(tmp_path, shapes_dataset):
-    import shutil
-
-    import train
+def test_a_resumed_self_distilled_run_ends_as_the_uninterrupted_one(resumed_sparse_run, dense_run):
+    """--teacher-weights self keeps the starting model as teacher.pt, so --resume distils from the same teacher and
+    ends where the uninterrupted run ended (conftest's shared resumed run)."""
     from utils.checkpoint import load_checkpoint
 
-    common = {"data": str(shapes_dataset), "imgsz": 64, "batch_size": 4, "workers": 0, "noplots": True,
-              "project": str(tmp_path / "runs")}
-    train.run(cfg="yolov5n.yaml", weights="", epochs=1, name="dense", **common)
-    dense = load_checkpoint(tmp_path / "runs" / "dense" / "weights" / "last.pt")
-    train.run(weights=str(tmp_path / "runs" / "dense" / "weights" / "last.pt"), teacher_weights="self", name="sparse",
-              save_period=1, sparsification_recipe=str(train.ROOT / "recipes" / "yolov5n.pruned_quant.yaml"),
-              recipe_args='{"num_epochs": 3, "quantization_epochs": 1}', **common)
-    weights = tmp_path / "runs" / "sparse" / "weights"
-    kept = load_checkpoint(weights / "teacher.pt")  # the starting model, not a copy made at resume time
+    run = resumed_sparse_run
+    dense = load_checkpoint(dense_run)
+    kept = load_checkpoint(run.weights / "teacher.pt")  # the starting model, not a copy made at resume time
     for name, value in (dense["ema"] or dense["model"]).items():
         assert torch.equal(kept["model"][name], value), name
-    uninterrupted = load_checkpoint(weights / "last.pt")
-    assert uninterrupted["options"]["teacher_weights"] == str(weights / "teacher.pt")
-
-    shutil.copy(weights / "epoch0.pt", weights / "last.pt")  # the run died after its first (pruning) epoch
-    train.run(resume=str(weights / "last.pt"))
-    resumed = load_checkpoint(weights / "last.pt")
-    assert resumed["epoch"] == uninterrupted["epoch"] == 2
-    for name, value in uninterrupted["model"].items():
+    assert run.uninterrupted["options"]["teacher_weights"] == str(run.weights / "teacher.pt")
+    assert "PerLayerDistillationModifier" in run.uninterrupted["sparsification"]["recipe"]
+    resumed = load_checkpoint(run.weights / "last.pt")
+    assert resumed["options"]["teacher_weights"] == str(run.weights / "teacher.pt")
+    assert resumed["epoch"] == run.uninterrupted["epoch"] == 2
+    for name, value in run.uninterrupted["model"].items():
         assert torch.equal(value, resumed["model"][name]), name

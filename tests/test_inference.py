@@ -106,7 +106,8 @@ def test_list_images_and_letterbox(tmp_path: Path) -> None:
 
 
 def test_deepsparse_matches_onnxruntime_when_installed(weights) -> None:
-    pytest.importorskip("deepsparse", reason="deepsparse is optional (pip install deepsparse==1.8.0)")
+    pytest.importorskip("deepsparse", reason="DeepSparse runtime not tested: deepsparse is optional and not installed "
+                                             "(pip install -r requirements-deploy.txt)")
     deepsparse_backend = load_backend(weights[1], runtime="deepsparse")
     assert deepsparse_backend.runtime == "deepsparse" and deepsparse_backend.names == NAMES
     pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)

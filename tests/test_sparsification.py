@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+import train as train_py
 from models.yolo import DetectionModel
 from utils.ema import ModelEMA
 from utils.loss import ComputeLoss
@@ -180,63 +181,85 @@ class Run:
     references: dict[int, nn.Module] = field(default_factory=dict)  # deep copies of the model at chosen epochs
     masked_nonzero: float = 0.0  # largest |weight| under a zero mask, model and EMA, after any optimizer step
     distillation: dict[int, float] = field(default_factory=dict)  # per epoch: the largest loss the recipe added
+    autocast: dict[int, set] = field(default_factory=dict)  # per epoch: autocast states seen by training forwards
+    epoch: int = 0  # the epoch being trained
+
+
+def loader(epoch: int) -> list[tuple]:
+    """One epoch of batches as train.py's dataloader yields them: uint8 images, targets, paths, shapes."""
+    batches = []
+    for step in range(STEPS):
+        images, targets = batch(epoch, step)
+        batches.append(((images * 255).round().to(torch.uint8), targets, [f"{step}.jpg"] * BATCH, None))
+    return batches
+
+
+def watch(run: Run, sparsifier, model: nn.Module) -> None:
+    """Record what the loop does without changing it: masked weights after each step, the loss the recipe adds, and
+    whether training forwards ran under autocast."""
+    after_step, add_loss = sparsifier.after_optimizer_step, sparsifier.loss_computed
+
+    def after_optimizer_step(model: nn.Module, ema_model: nn.Module | None) -> None:
+        after_step(model, ema_model)
+        run.masked_nonzero = max(run.masked_nonzero, largest_masked_weight(sparsifier, model, ema_model))
+
+    def loss_computed(loss, predictions, images, targets):
+        total = add_loss(loss, predictions, images, targets)
+        run.distillation[run.epoch] = max(run.distillation.get(run.epoch, 0.0),
+                                          float((total - loss).detach().abs().max()))
+        return total
+
+    sparsifier.after_optimizer_step, sparsifier.loss_computed = after_optimizer_step, loss_computed
+    model.register_forward_pre_hook(lambda module, _: run.autocast.setdefault(run.epoch, set()).add(
+        torch.is_autocast_enabled("cpu")) if module.training else None)
 
 
 def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint: dict | None = None,
           stop_after: int | None = None, keep: tuple[int, ...] = (), accumulate: int = 1,
-          teacher: nn.Module | None = None) -> Run:
-    """The loop of train.py, calling the hooks in the same order (CPU: AMP off, GradScaler disabled)."""
+          teacher: nn.Module | None = None, amp: bool = False) -> Run:
+    """train.py's own epoch code on tiny random batches: its epoch-start directives, train_one_epoch and resume
+    state, with the hooks in its order. ``amp`` starts with autocast (bfloat16 on the CPU, as float16 on CUDA) and
+    loss scaling on, as a CUDA run does."""
     optimizer = build_optimizer(model, "SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)
     ema = ModelEMA(model)
+    scaler = torch.amp.GradScaler("cpu", enabled=amp)
+    state = train_py.RunState(amp_enabled=amp)
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint["ema"] is None:
-            ema = None
-        else:
-            ema.ema.load_state_dict(checkpoint["ema"])
-            ema.updates = checkpoint["ema_updates"]
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+        state = train_py.restore_run_state(checkpoint, optimizer, scaler, ema, model)
+        assert state.start_epoch == start_epoch
+        ema = ema if state.ema_enabled else None
     plan = sparsifier.optimizer_built(model, optimizer, scaler, steps_per_epoch=STEPS, start_epoch=start_epoch,
                                       default_epochs=3, teacher=teacher)
     scaler = plan.scaler
     compute_loss = ComputeLoss(model)
     run = Run(model, sparsifier, plan)
+    watch(run, sparsifier, model)
     validation_images = batch(99, 0)[0]
+    first_ema = ema
+    state.last_optimizer_step = start_epoch * STEPS - 1
     for epoch in range(start_epoch, plan.epochs):
+        run.epoch = epoch
         directives = sparsifier.epoch_start(epoch)
-        if directives.disable_ema:
-            ema = None
-        model.train()
-        for step in range(STEPS):
-            images, targets = batch(epoch, step)
-            predictions = model(images)
-            task_loss, _ = compute_loss(predictions, targets)
-            loss = sparsifier.loss_computed(task_loss, predictions, images, targets)
-            added = float((loss - task_loss).detach().abs().max())
-            run.distillation[epoch] = max(run.distillation.get(epoch, 0.0), added)
-            scaler.scale(loss).backward()
-            if (step + 1) % accumulate == 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad()
-                if ema is not None:
-                    ema.update(model)
-                sparsifier.after_optimizer_step(model, ema.ema if ema is not None else None)
-                run.masked_nonzero = max(run.masked_nonzero, largest_masked_weight(sparsifier, model, ema))
-            else:
-                sparsifier.skipped_step()
+        ema = train_py.apply_epoch_directives(directives, ema, state, scaler)
+        train_py.train_one_epoch(
+            model=model, loader=loader(epoch), optimizer=optimizer, scaler=scaler, compute_loss=compute_loss,
+            ema=ema, sparsifier=sparsifier, state=state, epoch=epoch, epochs=plan.epochs, hyp=HYP,
+            batch_size=train_py.NOMINAL_BATCH_SIZE // accumulate, imgsz=IMG, warmup=None, multi_scale=False,
+            grid_size=32, device=torch.device("cpu"), is_main=False)
         model.eval()
         with torch.no_grad():
             model(validation_images)
         final = epoch == plan.epochs - 1
-        state = sparsifier.checkpoint_state(epoch, final=final)
+        sparsification = sparsifier.checkpoint_state(epoch, final=final)
         run.checkpoints[epoch] = weights_only_roundtrip({
             "model": model.state_dict(), "ema": ema.ema.state_dict() if ema is not None else None,
             "ema_updates": ema.updates if ema is not None else 0, "optimizer": optimizer.state_dict(),
-            "sparsification": state})
-        run.epochs[epoch] = observe(model, directives, state)
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_fitness": 0.0, "phase_best_fitness": {},
+            "options": {"phase": state.phase, "ema_enabled": state.ema_enabled, "amp_enabled": state.amp_enabled},
+            "sparsification": sparsification})
+        run.epochs[epoch] = {**observe(model, directives, sparsification), "ema_on": ema is not None,
+                             "ema_updates": first_ema.updates if first_ema is not None else None,
+                             "amp_enabled": state.amp_enabled, "scaler_enabled": scaler.is_enabled()}
         if epoch in keep:
             run.references[epoch] = copy.deepcopy(model)
         if epoch == stop_after:
@@ -245,10 +268,10 @@ def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint
     return run
 
 
-def largest_masked_weight(sparsifier, model: nn.Module, ema: ModelEMA | None) -> float:
+def largest_masked_weight(sparsifier, model: nn.Module, ema_model: nn.Module | None) -> float:
     masks = sparsifier._active_masks()
     largest = 0.0
-    for module in (model, ema.ema if ema is not None else None):
+    for module in (model, ema_model):
         if module is None:
             continue
         by_id = {id(p): p for p in module.parameters()}
@@ -276,7 +299,7 @@ def full_run() -> Run:
     sparsifier = create_sparsifier(PRUNE_QUANT)
     model = new_model()
     sparsifier.model_built(model, None)
-    return train(sparsifier, model, keep=(1, 3, 4))
+    return train(sparsifier, model, keep=(1, 3, 4), amp=True)
 
 
 # ----------------------------------------------------------------------------------- schedule, masks, QAT, EMA
@@ -306,6 +329,18 @@ def test_phases_and_ema_amp_directives(full_run):
     assert [o["disable_ema"] for o in observed] == [False] * 3 + [True] * 2
     assert [o["disable_amp"] for o in observed] == [False] * 3 + [True] * 2
     assert any("QuantizationModifier start at epoch 3" in note for note in observed[3]["notes"])
+
+
+def test_qat_start_turns_ema_and_amp_off_in_the_loop(full_run):
+    """The loop obeys the directives: EMA updated at every step until QAT, then dropped and never updated again;
+    training forwards run under autocast until QAT and in float32 after; the grad scaler does not scale QAT losses."""
+    observed = [full_run.epochs[e] for e in range(5)]
+    assert [o["ema_on"] for o in observed] == [True] * 3 + [False] * 2
+    assert [o["ema_updates"] for o in observed] == [2, 4, 6, 6, 6]  # 2 optimizer steps per epoch, none in QAT
+    assert full_run.checkpoints[3]["ema"] is None and full_run.checkpoints[2]["ema"] is not None
+    assert [o["amp_enabled"] for o in observed] == [True] * 3 + [False] * 2
+    assert [full_run.autocast[e] for e in range(5)] == [{True}] * 3 + [{False}] * 2
+    assert [o["scaler_enabled"] for o in observed] == [True] * 3 + [False] * 2
 
 
 def test_qat_starts_then_observers_and_bn_freeze_on_schedule(full_run):
@@ -382,14 +417,14 @@ def test_resumed_run_has_the_same_masks_and_sparsity_as_the_uninterrupted_one(fu
     model = rebuild(checkpoint)  # train.py: restore_structure + strict load of last.pt
     sparsifier = create_sparsifier(PRUNE_QUANT)
     sparsifier.model_built(model, checkpoint["sparsification"], resume=True)
-    resumed = train(sparsifier, model, start_epoch=interrupt + 1, checkpoint=checkpoint)
+    resumed = train(sparsifier, model, start_epoch=interrupt + 1, checkpoint=checkpoint, amp=True)
     for epoch in range(interrupt + 1, 5):
         expected, got = full_run.epochs[epoch], resumed.epochs[epoch]
         assert got["sparsity"] == expected["sparsity"], epoch
         assert got["masks"].keys() == expected["masks"].keys()
         assert all(torch.equal(got["masks"][n], expected["masks"][n]) for n in expected["masks"]), epoch
         for key in ("phase", "phase_changed", "disable_ema", "disable_amp", "fake_quantizers", "observers_on",
-                    "bn_frozen"):
+                    "bn_frozen", "ema_on", "amp_enabled", "scaler_enabled"):
             assert got[key] == expected[key], (epoch, key)
     assert resumed.masked_nonzero == 0.0
     final_expected, final_got = full_run.checkpoints[4]["model"], resumed.checkpoints[4]["model"]

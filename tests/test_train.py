@@ -1,4 +1,5 @@
-"""train.py end to end on real generated images: outputs, exact resume, and clear errors for bad flags."""
+"""train.py end to end on real generated images: outputs, exact resume (of conftest's shared resumed run), and clear
+errors for bad flags."""
 
 from __future__ import annotations
 
@@ -36,22 +37,24 @@ def test_a_short_run_writes_the_ultralytics_outputs(tmp_path, shapes_dataset):
     assert _train(tmp_path, shapes_dataset, epochs=1, name="exp")["save_dir"].endswith("exp2")
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, shapes_dataset):
-    _train(tmp_path, shapes_dataset, epochs=3, name="full", save_period=1)
-    run_dir = tmp_path / "runs" / "full"
-    uninterrupted = load_checkpoint(run_dir / "weights" / "last.pt")
-    # Pretend the run died after epoch 0: only epoch0.pt survived as last.pt.
-    shutil.copy(run_dir / "weights" / "epoch0.pt", run_dir / "weights" / "last.pt")
-    first_part = load_checkpoint(run_dir / "weights" / "last.pt")["options"]["train_seconds"]
-    train.run(resume=str(run_dir / "weights" / "last.pt"))
-    resumed = load_checkpoint(run_dir / "weights" / "last.pt")
-    assert resumed["epoch"] == uninterrupted["epoch"] == 2
-    for key, value in uninterrupted["model"].items():
+def test_an_interrupted_run_resumes_to_the_same_weights(resumed_sparse_run, dense_run):
+    """A run cut after epoch 0 and resumed ends with the uninterrupted run's weights and masks (conftest's shared
+    resumed run: fine-tuning with a recipe and a teacher, so its schedule, masks and teacher all resume too)."""
+    run = resumed_sparse_run
+    resumed = load_checkpoint(run.weights / "last.pt")
+    assert resumed["epoch"] == run.uninterrupted["epoch"] == 2 and run.first_part["epoch"] == 0
+    for key, value in run.uninterrupted["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+    expected_masks, got_masks = run.uninterrupted["sparsification"]["masks"], resumed["sparsification"]["masks"]
+    assert expected_masks and got_masks.keys() == expected_masks.keys()
+    for name, packed in expected_masks.items():
+        assert torch.equal(got_masks[name]["bits"], packed["bits"]), name
+    run_dir = run.weights.parent
     assert len((run_dir / "results.csv").read_text().strip().splitlines()) == 4  # header + 3 epochs, no repeats
     # The training time adds up over the parts (benchmarks report it), and opt.yaml still names the starting weights.
+    first_part = run.first_part["options"]["train_seconds"]
     assert 0 < first_part < resumed["options"]["train_seconds"]
-    assert yaml.safe_load((run_dir / "opt.yaml").read_text())["weights"] == ""
+    assert yaml.safe_load((run_dir / "opt.yaml").read_text())["weights"] == str(dense_run)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
