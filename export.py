@@ -574,7 +574,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from utils.logs import setup_script_logging
+
+    setup_script_logging()
     try:
         run(**vars(opt))
     except (ExportCheckError, ValueError, FileNotFoundError, RuntimeError) as error:

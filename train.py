@@ -51,6 +51,7 @@ from utils.device import (  # noqa: E402
 )
 from utils.ema import ModelEMA, unwrap  # noqa: E402
 from utils.loggers import TensorBoardLogger  # noqa: E402
+from utils.logs import setup_script_logging  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.optim import build_optimizer, lr_lambda  # noqa: E402
@@ -702,9 +703,8 @@ def report_sparsity(model: nn.Module, save_dir: Path, plots: bool) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ entry points
 def setup_logging(context: DistributedContext) -> None:
-    """Process-wide logging, configured once from main()."""
-    logging.basicConfig(level=logging.INFO if context.is_main else logging.WARNING, format="%(message)s",
-                        stream=sys.stdout, force=True)
+    """Process-wide logging, configured once from main(): other ranks print warnings only."""
+    setup_script_logging(level=logging.INFO if context.is_main else logging.WARNING)
 
 
 def main(opt: argparse.Namespace) -> dict:
