@@ -704,7 +704,7 @@ def report_sparsity(model: nn.Module, save_dir: Path, plots: bool) -> dict:
 # ------------------------------------------------------------------------------------------------------ entry points
 def setup_logging(context: DistributedContext) -> None:
     """Process-wide logging, configured once from main(): other ranks print warnings only."""
-    setup_script_logging(level=logging.INFO if context.is_main else logging.WARNING)
+    setup_script_logging(level=logging.INFO if context.is_main else logging.WARNING, force=True)
 
 
 def main(opt: argparse.Namespace) -> dict:

@@ -278,7 +278,7 @@ def _sparsity_note(backend) -> str:
 def main(opt: argparse.Namespace):
     from utils.logs import setup_script_logging
 
-    setup_script_logging(opt.verbose)
+    setup_script_logging(opt.verbose, force=True)
     try:
         return run(**vars(opt))
     except (FileNotFoundError, ValueError, RuntimeError) as error:

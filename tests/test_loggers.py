@@ -1,4 +1,4 @@
-"""TensorBoard logging: event files that tensorboard itself reads back, from the logger and from a real run."""
+"""TensorBoard logging: event files that tensorboard itself reads back (a real run's: tests/test_train.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import train
 from models.yolo import DetectionModel
 from utils.loggers import TensorBoardLogger, conv_weight_sparsity
 
@@ -44,20 +43,3 @@ def test_epochs_phase_sparsity_and_images_are_written_for_tensorboard(tmp_path):
     image = events.Images("val_batch0_pred")[0]
     assert (image.width, image.height) == (48, 32)
     assert conv_weight_sparsity(model)["model.2.cv1.conv.weight"] == 0.5
-
-
-@pytest.mark.slow
-def test_a_training_run_logs_to_its_run_folder(tmp_path, shapes_dataset):
-    train.run(cfg="yolov5n.yaml", weights="", imgsz=64, batch_size=8, workers=0, epochs=2, data=str(shapes_dataset),
-              project=str(tmp_path / "runs"), name="exp", noautoanchor=True,
-              hyp=str(train.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"))
-    run_dir = tmp_path / "runs" / "exp"
-    assert list(run_dir.glob("events.out.tfevents.*"))
-    events = read_events(run_dir)
-    mean_ap = [e.value for e in events.Scalars("metrics/mAP_0.5")]
-    csv_rows = (run_dir / "results.csv").read_text().strip().splitlines()[1:]
-    assert len(mean_ap) == len(csv_rows) == 2
-    column = (run_dir / "results.csv").read_text().splitlines()[0].split(",").index("metrics/mAP_0.5")
-    assert mean_ap == pytest.approx([float(r.split(",")[column]) for r in csv_rows])
-    assert {"x/lr0", "x/lr1", "x/lr2", "train/box_loss", "val/obj_loss", "x/phase"} <= set(events.Tags()["scalars"])
-    assert {"results", "val_batch0_pred", "confusion_matrix"} <= set(events.Tags()["images"])

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from test_loggers import read_events
 
 import train
 from utils.checkpoint import load_checkpoint
@@ -34,6 +35,13 @@ def test_a_short_run_writes_the_ultralytics_outputs(tmp_path, shapes_dataset):
     assert last["final"] and last["epoch"] == 1 and last["optimizer"] is None  # stripped at the end
     rows = (run_dir / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[0].startswith("epoch,train/box_loss")
+    # TensorBoard, on by default: the same numbers as results.csv, read back with tensorboard's own reader
+    events = read_events(run_dir)
+    column = rows[0].split(",").index("metrics/mAP_0.5")
+    assert [e.value for e in events.Scalars("metrics/mAP_0.5")] == pytest.approx(
+        [float(r.split(",")[column]) for r in rows[1:]])
+    assert {"x/lr0", "x/lr1", "x/lr2", "train/box_loss", "val/obj_loss", "x/phase"} <= set(events.Tags()["scalars"])
+    assert {"results", "val_batch0_pred", "confusion_matrix"} <= set(events.Tags()["images"])
     assert _train(tmp_path, shapes_dataset, epochs=1, name="exp")["save_dir"].endswith("exp2")
 
 

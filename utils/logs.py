@@ -28,9 +28,13 @@ HARMLESS_WARNINGS = (  # (category, regex on the message)
 )
 
 
-def setup_script_logging(verbose: bool = False, level: int = logging.INFO) -> None:
-    """INFO lines of the project to stdout as plain messages; known-harmless library warnings filtered out."""
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+def setup_script_logging(verbose: bool = False, level: int = logging.INFO, force: bool = False) -> None:
+    """INFO lines of the project to stdout as plain messages; known-harmless library warnings filtered out.
+
+    ``force`` replaces handlers already on the root logger (a script whose imports may have added one); without it
+    a caller's handlers (a test's log capture) stay.
+    """
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=force)
     if verbose:
         return
     from torch.jit import TracerWarning
