@@ -175,7 +175,7 @@ SPARSITY_ARGS = {"final_sparsity_heavy": 0.85, "final_sparsity_inner": 0.7, "fin
 # The protocol's dense model: one run from scratch under YOLOv5's schedule (the learning rate falls linearly to 1% of
 # lr0), on a problem small enough to converge on 2 CPU cores. Converged: over its last CONVERGENCE_WINDOW epochs the
 # best mAP@0.5:0.95 rose by less than CONVERGENCE_RISE (relative); the control fine-tune must not beat it by more.
-PROTOCOL_DATA, PROTOCOL_IMGSZ, PROTOCOL_EPOCHS, PROTOCOL_FINETUNE_EPOCHS = "data/shapes_tiny.yaml", 160, 400, 30
+PROTOCOL_DATA, PROTOCOL_IMGSZ, PROTOCOL_EPOCHS, PROTOCOL_FINETUNE_EPOCHS = "data/shapes_tiny.yaml", 160, 300, 30
 CONVERGENCE_WINDOW, CONVERGENCE_RISE = 30, 0.01
 DENSE_CURVE = ROOT / "BENCHMARKS_dense_curve.png"  # the accuracy section's convergence plot, beside BENCHMARKS.md
 DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml"]
