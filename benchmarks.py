@@ -159,7 +159,7 @@ SPARSE_VARIANTS.update({
                           "teacher": True, "cfg": "yolov5n-relu.yaml",
                           "note": "--cfg yolov5n-relu.yaml, 4-block, ~80% sparse, Detect INT8"},
 })
-DEFAULT_VARIANTS = ("pruned_distill", "quant", "pruned_quant_distill", "relu_block4_quant")
+DEFAULT_VARIANTS = ("pruned_quant_distill", "relu_block4_quant", "pruned_distill", "quant")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
 # AdamW at two thirds of the dense run's lr0 (0.003), decaying to a quarter of that; QAT at 1e-4 -> 1e-6. One-off
 # runs kept more mAP with it than with 0.001 -> 0.0001 (recipes/README.md); the control gets the same schedule.
