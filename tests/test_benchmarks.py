@@ -361,15 +361,16 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     monkeypatch.setattr(benchmarks, "run_minutes", lambda run_dir: 1.0)
     result = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path,
                                  curve=tmp_path / "curve.png")
-    assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control", "pruned_distill", "quant",
-                                                              "pruned_quant_distill", "relu_block4_quant"]
+    assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control", "pruned_quant_distill",
+                                                              "relu_block4_quant", "pruned_distill", "quant"]
     assert (tmp_path / "curve.png").stat().st_size > 10_000
     assert result["start_map"] == 0.601 and result["baseline"] == "control" and result["baseline_map"] == 0.603
     assert result["convergence"]["epochs"] == 6 and result["control_rise"] == pytest.approx(0.603 / 0.601 - 1)
     recoveries = {r["name"]: round(r["recovery"], 4) for r in result["sparse"]}
     assert recoveries == {"pruned_distill": round(0.59 / 0.603, 4), "quant": round(0.596 / 0.603, 4),
                           "pruned_quant_distill": round(0.594 / 0.603, 4), "relu_block4_quant": round(0.58 / 0.603, 4)}
-    assert json.loads(commands[-1][commands[-1].index("--recipe-args") + 1])["mask_type"] == [1, 4]
+    relu = next(c for c in commands if c[c.index("--name") + 1] == "relu_block4_quant")
+    assert json.loads(relu[relu.index("--recipe-args") + 1])["mask_type"] == [1, 4]
     commands.clear()
     again = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path, curve=tmp_path / "c.png")
     assert commands == [] and again["dense_reused"] and again["control_reused"]
