@@ -351,9 +351,9 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
                     "epochs": int(flags.get("epochs", 3)), "teacher_weights": flags.get("teacher_weights", ""),
                     "sparsification_recipe": flags.get("sparsification_recipe"),
                     "recipe_args": flags.get("recipe_args")}
-        name = flags["name"]
-        phases = ["dense"] * len(maps[name]) if name in ("dense", "control") else ["pruned"] * 2 + ["quantized"]
-        fake_run(Path(flags["project"]) / name, settings, maps[name], phases)
+        name, variant = flags["name"], flags["name"].removesuffix("_e3")
+        phases = ["dense"] * len(maps[variant]) if variant in ("dense", "control") else ["pruned"] * 2 + ["quantized"]
+        fake_run(Path(flags["project"]) / name, settings, maps[variant], phases)
         (Path(flags["project"]) / name / "opt.yaml").write_text(yaml.safe_dump(settings))
         return 0.0
 
@@ -361,15 +361,18 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     monkeypatch.setattr(benchmarks, "run_minutes", lambda run_dir: 1.0)
     result = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path,
                                  curve=tmp_path / "curve.png")
-    assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control", "pruned_quant_distill",
-                                                              "relu_block4_quant", "pruned_distill", "quant"]
+    # 3 epochs is not the protocol's fine-tune length: those runs get folders of their own (an attempt never
+    # replaces the protocol's runs); the dense start is shared.
+    assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control_e3", "pruned_quant_distill_e3",
+                                                              "relu_block4_quant_e3", "pruned_distill_e3", "quant_e3"]
+    assert benchmarks.run_suffix(benchmarks.PROTOCOL_FINETUNE_EPOCHS) == ""
     assert (tmp_path / "curve.png").stat().st_size > 10_000
     assert result["start_map"] == 0.601 and result["baseline"] == "control" and result["baseline_map"] == 0.603
     assert result["convergence"]["epochs"] == 6 and result["control_rise"] == pytest.approx(0.603 / 0.601 - 1)
     recoveries = {r["name"]: round(r["recovery"], 4) for r in result["sparse"]}
     assert recoveries == {"pruned_distill": round(0.59 / 0.603, 4), "quant": round(0.596 / 0.603, 4),
                           "pruned_quant_distill": round(0.594 / 0.603, 4), "relu_block4_quant": round(0.58 / 0.603, 4)}
-    relu = next(c for c in commands if c[c.index("--name") + 1] == "relu_block4_quant")
+    relu = next(c for c in commands if c[c.index("--name") + 1] == "relu_block4_quant_e3")
     assert json.loads(relu[relu.index("--recipe-args") + 1])["mask_type"] == [1, 4]
     commands.clear()
     again = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path, curve=tmp_path / "c.png")
