@@ -230,6 +230,21 @@ def test_sections_a_run_does_not_measure_keep_their_text_and_machine() -> None:
     assert text.endswith("old runtime table\n")
 
 
+def test_the_notes_section_survives_every_run_and_the_new_demo_prints_its_table() -> None:
+    """Prose findings live in BENCHMARKS.md's Notes section, which no command writes: a run keeps it as it is. The
+    demo that starts from the shipped dense model reports its closing table."""
+    earlier = "\n".join(["# Benchmarks", "", "## Notes: earlier measurements", "", "- a finding", ""])
+    rows = [{"model": "dense FP32, onnxruntime", "mAP@0.5": 0.679, "mAP@0.5:0.95": 0.483, "ms": 3.1, "MB": 7.1,
+             "sparsity": 0.0},
+            {"model": "pruned INT8 (QDQ), onnxruntime", "mAP@0.5": 0.65, "mAP@0.5:0.95": 0.44, "ms": 2.0, "MB": 2.0,
+             "sparsity": 0.77}]
+    results = {"demo": {"seconds": 420.0, "epochs": 12, "phase": "pruned_quantized", "rows": rows}}
+    text = benchmarks.render_markdown(results, benchmarks.kept_sections(earlier))
+    assert text.endswith("## Notes: earlier measurements\n\n- a finding\n")
+    assert "7.0 min from the shipped dense yolov5n" in text and "a 12-epoch pruned_quant fine-tune" in text
+    assert "| pruned INT8 (QDQ), onnxruntime | 0.650 | 0.440 | 2.00 | 1.55x | 2.0 | 77% |" in text
+
+
 def fake_run(run_dir, settings: dict, maps: list[float], phases: list[str]) -> None:
     """A finished train.py run folder: opt.yaml, results.csv (one row per mAP@0.5:0.95 in ``maps``) and weights."""
     import yaml

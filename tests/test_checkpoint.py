@@ -53,3 +53,39 @@ def test_truncated_checkpoint_is_reported_with_its_name(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="last.pt"):
         load_weights(path)
+
+
+def test_a_released_checkpoint_holds_the_ema_weights_in_half_precision_and_loads_as_float(tmp_path):
+    """The file handed on (the demo's weights/yolov5n-shapes.pt) keeps the weights a run validates with, the EMA,
+    at a quarter of the size of a run's checkpoint with model, EMA and optimizer; it loads as a float32 model."""
+    torch.manual_seed(0)
+    model, ema = DetectionModel("yolov5n.yaml", nc=2).eval(), DetectionModel("yolov5n.yaml", nc=2).eval()
+    checkpoint = _checkpoint(model)
+    checkpoint.update(ema=float_state_dict(ema), ema_updates=10, final=False,
+                      optimizer={"state": {}, "param_groups": []})
+    run_file = save_checkpoint(checkpoint, tmp_path / "best.pt")
+    from utils.checkpoint import release_checkpoint
+
+    released = release_checkpoint(run_file, tmp_path / "release.pt")
+    raw = torch.load(released, weights_only=True)
+    assert raw["ema"] is None and raw["optimizer"] is None and raw["final"]
+    assert {v.dtype for v in raw["model"].values() if v.is_floating_point()} == {torch.float16}
+    assert released.stat().st_size < 0.3 * run_file.stat().st_size
+    loaded = load_weights(released).model
+    assert next(loaded.parameters()).dtype == torch.float32
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got, other = ema(x)[0], loaded(x)[0], model(x)[0]
+    assert torch.allclose(got, expected, rtol=0.01, atol=0.05)  # the EMA's weights, rounded to float16
+    assert not torch.allclose(got, other, rtol=0.01, atol=0.05)  # ... not the raw model's
+
+
+def test_a_sparsified_checkpoint_is_not_released_in_half_precision(tmp_path):
+    model = DetectionModel("yolov5n.yaml", nc=1)
+    checkpoint = _checkpoint(model)
+    checkpoint["sparsification"] = {"stages": ["recipe text"]}
+    path = save_checkpoint(checkpoint, tmp_path / "last.pt")
+    from utils.checkpoint import release_checkpoint
+
+    with pytest.raises(CheckpointError, match="last.pt carries a sparsification state"):
+        release_checkpoint(path, tmp_path / "release.pt")

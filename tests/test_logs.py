@@ -17,6 +17,8 @@ def _shown(verbose: bool) -> list[str]:
         warnings.warn("pkg_resources is deprecated as an API.", UserWarning, stacklevel=1)
         warnings.warn("Converting a tensor to a Python boolean might cause the trace to be incorrect.",
                       TracerWarning, stacklevel=1)
+        warnings.warn("You are using the legacy TorchScript-based ONNX export. Starting in PyTorch 2.9, the new "
+                      "torch.export-based ONNX exporter has become the default.", DeprecationWarning, stacklevel=1)
         warnings.warn("torch.ao.quantization is deprecated and will be removed in 2.10.", DeprecationWarning,
                       stacklevel=1)
         warnings.warn("calibration used 3 images: pass --calib-data with more", UserWarning, stacklevel=1)
@@ -29,4 +31,4 @@ def test_library_noise_is_filtered_and_project_warnings_stay():
 
 
 def test_verbose_keeps_every_warning():
-    assert len(_shown(verbose=True)) == 4
+    assert len(_shown(verbose=True)) == 5

@@ -133,3 +133,18 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} was written by a newer version (format {checkpoint['format_version']} > "
                               f"{FORMAT_VERSION}); update this repository")
     return checkpoint
+
+
+def release_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Write the file to hand on from a finished dense run: the weights it validates with (the EMA when kept) in
+    float16, as Ultralytics' release files store them, without EMA, optimizer or scaler (about a quarter of the
+    run's best.pt). It loads wherever a checkpoint loads and fine-tunes in float32. Sparsified checkpoints keep
+    their masks and quantization state in float32 and are refused: strip those with train.py's own files."""
+    checkpoint = load_checkpoint(source)
+    if checkpoint.get("sparsification"):
+        raise CheckpointError(f"{source} carries a sparsification state; release_checkpoint is for dense runs. "
+                              f"Use its last.pt or best.pt as it is.")
+    weights = checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"]
+    half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    checkpoint.update(model=half, ema=None, ema_updates=0, optimizer=None, scaler=None, final=True)
+    return save_checkpoint(checkpoint, target)

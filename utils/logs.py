@@ -24,6 +24,7 @@ HARMLESS_WARNINGS = (  # (category, regex on the message)
     (Warning, r"Converting a tensor to a Python"),
     (Warning, r"Iterating over a tensor might cause the trace to be incorrect"),
     (FutureWarning, r".*torch\.onnx\.export.* dynamo"),
+    (DeprecationWarning, r"You are using the legacy TorchScript-based ONNX export"),  # the exporter SparseML needs
     (UserWarning, r".*The given NumPy array is not writable"),
 )
 
