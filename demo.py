@@ -134,7 +134,8 @@ def main() -> None:
     images = f"datasets/{Path(DATA).stem}/images/val/*000[0-5].jpg"
     step("draw detections of the pruned INT8 file (onnxruntime)",
          ["detect.py", "--weights", str(weights.with_suffix(".qdq.onnx").relative_to(ROOT)), "--source", images,
-          "--imgsz", str(IMGSZ), "--name", opt.name, "--exist-ok", "--runtime", "onnxruntime"])
+          "--imgsz", str(IMGSZ), "--name", opt.name, "--exist-ok", "--runtime", "onnxruntime",
+          "--line-thickness", "1"])  # 160 px images: thin boxes and small labels
 
     print(f"\nDense start vs sparsified ({DATA}, {IMGSZ} px, this machine; {time.time() - started:.0f} s in all):\n")
     print(table(rows))
