@@ -254,7 +254,8 @@ def test_one_shot_pruning_and_post_training_quantization(conditioned_checkpoint:
     assert report.quantized and report.check.passed, report.check.line()
     assert_compared(report.check)
     # Not asserted: the QDQ file of this one-shot PTQ model (its added conv-output ranges calibrated on the same 8
-    # images) found 28/32 of the torch detections when first measured, under the 90% the check asks.
+    # images) found 28/32 of the torch detections when first measured, under the 90% the check asks. On a trained
+    # model both files pass (the next test): the miss is PTQ error on these near-threshold random confidences.
     print(report.others[0].check.line())
     summary = report.summary
     assert summary.input_dtype == "uint8" and summary.input_shape == [1, 3, 64, 64]
@@ -268,6 +269,23 @@ def test_one_shot_pruning_and_post_training_quantization(conditioned_checkpoint:
     # every weight the one-shot pruned is at the zero point in the file
     assert report.check.zeros_kept and report.check.model_zeros > 0.75 * summary.conv_weight_elements
     assert any("conv weight sparsity" in note for note in report.notes)
+
+
+@pytest.mark.slow
+def test_post_training_quantization_of_a_trained_detector_passes_the_int8_check_in_both_files(tmp_path: Path) -> None:
+    """One-shot PTQ of a model trained for real (the demo's dense yolov5n, weights/yolov5n-shapes.pt) gives INT8
+    files that find the torch model's detections, boxes within tolerance, in both formats. The random-weight
+    models above miss that check after PTQ (28/32 detections for the QDQ file): their raised Detect biases leave
+    many confidences near the threshold, which quantization error tips either way; a trained model's do not."""
+    weights = tmp_path / "trained.pt"
+    weights.write_bytes((ROOT / "weights" / "yolov5n-shapes.pt").read_bytes())
+    report = export.export_onnx(weights, imgsz=160, one_shot=str(ROOT / "recipes" / "yolov5n.quant.yaml"),
+                                data=str(ROOT / "data" / "shapes_tiny.yaml"), calib_data=16, device="cpu")
+    (qdq,) = report.others
+    for check in (report.check, qdq.check):
+        assert check.passed, check.line()
+        assert_compared(check)
+        assert check.detections >= 30 and check.detections_matched >= 0.95 * check.detections, check.line()
 
 
 def test_one_shot_pruning_only_keeps_a_float_graph(conditioned_checkpoint: Path, tmp_path: Path) -> None:
@@ -306,9 +324,10 @@ def test_a_relu_model_quantizes_with_the_shipped_recipe_and_exports_both_int8_fo
     """models/yolov5n-relu.yaml (the faster model in DeepSparse) takes the recipes written for SiLU: their 'SiLU'
     in ``ignore`` is dropped with a note; Conv+BN+ReLU fuse, and both INT8 files match torch."""
     images, _, _ = export.sample_images(str(shapes_dataset), (64, 64), 12)
-    # Not a detecting model yet: with Detect's biases raised, this one-shot PTQ integer file found 44/62 of the torch
-    # detections with boxes up to 263 px off (measured once; PTQ error on random weights or a real discrepancy is not
-    # yet known), so the check below still compares no detections here.
+    # Not a detecting model: with Detect's biases raised, this one-shot PTQ integer file found 44/62 of the torch
+    # detections with boxes up to 263 px off (measured once), so the check below compares no detections here. The
+    # SiLU counterpart of that miss passes on a trained model (the PTQ test above); no trained ReLU model ships, so
+    # the ReLU case stays unasserted.
     model = condition_batchnorm(tiny_model(seed=3, cfg="yolov5n-relu.yaml"), images)
     weights = save_project_checkpoint(model, tmp_path / "relu.pt")
     report = export.export_onnx(weights, imgsz=64, one_shot=str(ROOT / "recipes" / "yolov5n.quant.yaml"),
