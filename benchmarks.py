@@ -414,15 +414,16 @@ def benchmark_args(data: str, imgsz: int, batch: int, project: Path) -> list[str
             "--project", str(project), "--exist-ok", "--noplots"]
 
 
-def run_suffix(finetune_epochs: int) -> str:
-    """Fine-tunes of another length than the protocol's train in their own folders (``control_e60``, ...), so an
-    attempt with a longer fine-tune never replaces the protocol's runs."""
-    return "" if finetune_epochs == PROTOCOL_FINETUNE_EPOCHS else f"_e{finetune_epochs}"
+def attempt_name(finetune_epochs: int, attempt: str | None = None) -> str:
+    """The name of a run of the protocol with other fine-tune settings ("" for the protocol itself): ``attempt``
+    when given, else ``e<epochs>`` for another fine-tune length. Its runs train in folders of their own
+    (``control_e60``, ...), so an attempt never replaces the protocol's runs."""
+    return attempt or ("" if finetune_epochs == PROTOCOL_FINETUNE_EPOCHS else f"e{finetune_epochs}")
 
 
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = PROTOCOL_DATA,
              variants: tuple[str, ...] = DEFAULT_VARIANTS, project: Path = BENCH_DIR / "protocol",
-             curve: Path = DENSE_CURVE) -> dict:
+             curve: Path = DENSE_CURVE, finetune_overrides: dict | None = None, attempt: str = "") -> dict:
     """The accuracy protocol: dense yolov5n trained to convergence (checked, and plotted to ``curve``); from its
     best checkpoint (the start), the same fine-tune left dense (the control) and the recipe ``variants`` (see
     SPARSE_VARIANTS). Finished runs of the same settings in ``project`` are reused, interrupted ones resumed.
@@ -430,6 +431,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     Same budget: the control and each sparse run train ``finetune_epochs`` from the start with the same optimizer and
     learning-rate schedule. Recovery divides a sparse run's mAP@0.5:0.95 by the better of the start and the control;
     the control beating the start by more than CONVERGENCE_RISE would say the start had not converged.
+    ``finetune_overrides`` replace FINETUNE_ARGS values (learning rates, QAT length) for an ``attempt``.
     """
     project.mkdir(parents=True, exist_ok=True)
     common = benchmark_args(data, imgsz, batch, project)
@@ -440,8 +442,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     dense = best_of(dense_rows)
     plot_dense_curve(dense_rows, curve)
     start = dense_dir / "weights" / "best.pt"
-    lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS}
-    suffix = run_suffix(finetune_epochs)
+    lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS, **(finetune_overrides or {})}
+    suffix = f"_{attempt}" if attempt else ""
     control_dir, control_reused = recipe_run(project, f"control{suffix}", start, finetune_epochs, common,
                                              control_recipe, lr_args)
     control = best_of(read_results(control_dir))
@@ -700,7 +702,9 @@ def accuracy_markdown(a: dict) -> list[str]:
 def attempt_markdown(a: dict) -> list[str]:
     """An attempt at the protocol's target with a longer fine-tune: its command, its own control and its rows,
     recovery against the better of the start and that control."""
-    lines = [f"### Attempt: fine-tunes of {a['finetune_epochs']} epochs", "",
+    changed = ", ".join(f"{k} {v}" for k, v in a.get("overrides", {}).items())
+    lines = [f"### Attempt {a.get('attempt', '')}: fine-tunes of {a['finetune_epochs']} epochs"
+             + (f", {changed}" if changed else ""), "",
              f"Measured by `{a['command']}`, {a['date']}, on {a['machine']}. The same start; pruning ends at epoch "
              f"{a['finetune_args'].get('pruning_end_epoch')}, the other arguments as above. Control: "
              f"{a['control_map']:.3f} ({a['control_rise']:+.1%} over the start); recovery against the "
@@ -776,6 +780,10 @@ def main() -> None:
                         help="accuracy and scratch: epochs from scratch (dense, and the scratch section's sparse run)")
     parser.add_argument("--finetune-epochs", type=int, default=PROTOCOL_FINETUNE_EPOCHS,
                         help="accuracy: epochs of each fine-tune (the control and the recipe runs)")
+    parser.add_argument("--finetune-args", default="",
+                        help="accuracy: JSON replacing fine-tune learning-rate arguments (an attempt; needs --attempt)")
+    parser.add_argument("--attempt", default="",
+                        help="accuracy: name of an attempt with other fine-tune settings (its own runs and table)")
     parser.add_argument("--project", type=Path, default=BENCH_DIR / "protocol",
                         help="accuracy: run folder; finished runs of the same settings in it are reused, "
                              "interrupted ones resumed")
@@ -797,24 +805,28 @@ def main() -> None:
     if "demo" in sections:
         results["demo"] = demo()
     if "accuracy" in sections:
+        overrides = json.loads(opt.finetune_args) if opt.finetune_args else {}
+        attempt = attempt_name(opt.finetune_epochs, opt.attempt)
+        if overrides and not attempt:
+            parser.error("--finetune-args changes the protocol: name the attempt with --attempt NAME")
         result = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data, tuple(opt.variants),
-                          opt.project)
-        if opt.finetune_epochs == PROTOCOL_FINETUNE_EPOCHS:
+                          opt.project, finetune_overrides=overrides, attempt=attempt)
+        if not attempt:
             earlier = results.get("commands", {}).get("accuracy", {})
             origin = f"`{earlier.get('command', 'python benchmarks.py')}`, {earlier.get('date', 'date unknown')}"
             results["accuracy"] = keep_other_variants(results.get("accuracy"), result, origin)
-        else:  # an attempt with a longer fine-tune: a table of its own below the protocol's
+        else:  # an attempt with other fine-tune settings: a table of its own below the protocol's
             attempts = results.setdefault("accuracy_attempts", {})
-            previous = attempts.get(f"e{opt.finetune_epochs}")
+            previous = attempts.get(attempt)
             origin = f"`{previous['command']}`, {previous['date']}" if previous else ""
-            attempts[f"e{opt.finetune_epochs}"] = {**keep_other_variants(previous, result, origin),
-                                                   "command": command, "date": date, "machine": machine()}
+            attempts[attempt] = {**keep_other_variants(previous, result, origin), "attempt": attempt,
+                                 "overrides": overrides, "command": command, "date": date, "machine": machine()}
     if "scratch" in sections:
         results["scratch"] = scratch(opt.epochs, opt.imgsz, 32, opt.data, opt.project)
     if "runtime" in sections:
         results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
     for section in sections:
-        if section == "accuracy" and opt.finetune_epochs != PROTOCOL_FINETUNE_EPOCHS:
+        if section == "accuracy" and attempt_name(opt.finetune_epochs, opt.attempt):
             continue  # the attempt carries its own command; the protocol's section keeps the one that measured it
         results.setdefault("commands", {})[section] = {"command": command, "date": date,
                                                        "machine": machine(), "versions": versions()}

@@ -301,10 +301,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hide-conf", action="store_true", help="hide confidences")
     parser.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride: process every Nth frame")
     from utils.inference import add_runtime_arguments
+    from utils.sparsification.zoo import is_zoo_stub
 
     add_runtime_arguments(parser)
     opt = parser.parse_args(argv)
-    is_stub = opt.weights.startswith("zoo:")  # resolved (mirror or download) when the model loads
+    is_stub = is_zoo_stub(opt.weights)  # resolved (mirror or download) when the model loads
     if not is_stub and not Path(opt.weights).is_file():
         parser.error(f"--weights {opt.weights} not found")
     if not is_stub and Path(opt.weights).suffix.lower() not in (".pt", ".onnx"):

@@ -16,7 +16,7 @@ Quantized models have two INT8 formats (``--int8-format``, default ``both``): ``
 ConvInteger graph that DeepSparse compiles natively; ``qdq`` (``last.qdq.onnx``) puts QuantizeLinear/DequantizeLinear
 around the convolutions, which onnxruntime fuses into integer kernels (QLinearConv, ...) and TensorRT / OpenVINO take.
 onnxruntime runs ConvInteger slower than float, and DeepSparse does not compile QDQ (it hands it to onnxruntime), so
-both are written by default. ``utils/sparsification/export.py`` says which QDQ scales are learned and which calibrated.
+both are written by default. ``utils/sparsification/qdq.py`` says which QDQ scales are learned and which calibrated.
 """
 
 from __future__ import annotations
@@ -393,10 +393,12 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
     (the QDQ report is then in ``report.others``).
     """
     from utils.device import select_device
-    from utils.sparsification.export import export_quantized_onnx, has_quantization, pin_input_quantization
+    from utils.sparsification.qat_export import export_quantized_onnx, pin_input_quantization
+    from utils.sparsification.structure import has_quantization
+    from utils.sparsification.zoo import is_zoo_stub
     from utils.weights import load_weights
 
-    if str(weights).startswith("zoo:"):
+    if is_zoo_stub(str(weights)):
         from utils.sparsification.zoo import resolve_weights
 
         weights = resolve_weights(str(weights))
@@ -477,7 +479,7 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
 def _write_qdq(integer_path: Path, qdq_path: Path, data: str | None, imgsz: tuple[int, int], count: int,
                stride: int) -> list[str]:
     """Write the QDQ file from the integer graph (ranges QAT did not learn calibrated on ``data``); its notes."""
-    from utils.sparsification.export import integer_to_qdq, onnxruntime_ops
+    from utils.sparsification.qdq import integer_to_qdq, onnxruntime_ops
 
     if not data:
         LOGGER.warning("QDQ export without --data: the activation ranges that QAT did not learn are calibrated on "
@@ -555,14 +557,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         help="quantized models: integer (W.onnx, for DeepSparse), qdq (W.qdq.onnx, for onnxruntime, "
                              "TensorRT, OpenVINO) or both")
     opt = parser.parse_args(argv)
+    from utils.sparsification.zoo import is_zoo_stub
+
     unsupported = [x for x in opt.include if x.lower() not in FORMATS]
     if unsupported:
         parser.error(f"unsupported --include {', '.join(unsupported)}: this repository exports {', '.join(FORMATS)}")
-    if not Path(opt.weights).is_file() and not opt.weights.startswith("zoo:"):
+    if not Path(opt.weights).is_file() and not is_zoo_stub(opt.weights):
         parser.error(f"--weights {opt.weights} not found")
     if opt.half and (opt.device.strip().lower() == "cpu" or not torch.cuda.is_available()):
         parser.error("--half needs a CUDA device (--device 0); float16 export is not supported on the CPU")
-    if opt.one_shot and not Path(opt.one_shot).is_file() and not opt.one_shot.startswith("zoo:"):
+    if opt.one_shot and not Path(opt.one_shot).is_file() and not is_zoo_stub(opt.one_shot):
         parser.error(f"--one-shot recipe {opt.one_shot} not found")
     if opt.one_shot and not opt.data and Path(opt.one_shot).is_file() and one_shot_needs_calibration(opt.one_shot):
         parser.error("--one-shot with a quantization recipe needs --data for calibration images")

@@ -59,7 +59,7 @@ from utils.runs import increment_path  # noqa: E402
 from utils.sparsification import EpochDirectives, Sparsifier, create_sparsifier, restore_structure  # noqa: E402
 from utils.sparsification.teacher import SELF as SELF_TEACHER  # noqa: E402
 from utils.sparsification.teacher import load_teacher, save_teacher  # noqa: E402
-from utils.sparsification.zoo import ZooUnavailableError  # noqa: E402
+from utils.sparsification.zoo import ZooUnavailableError, is_zoo_stub  # noqa: E402
 from utils.weights import (  # noqa: E402
     as_project_checkpoint,
     convert_official,
@@ -201,7 +201,7 @@ def build_model(opt: argparse.Namespace, nc: int, hyp: dict, resume_checkpoint: 
         return model.to(device), resume_checkpoint
 
     weights = opt.weights
-    if weights.startswith("zoo:"):
+    if is_zoo_stub(weights):
         from utils.sparsification.zoo import resolve_weights
 
         weights = resolve_weights(weights)
@@ -427,7 +427,8 @@ def weights_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def global_sparsity(model: nn.Module) -> float:
+def conv_sparsity(model: nn.Module) -> float:
+    """Share of conv weights at zero: what results.csv, TensorBoard and the sparsity report call conv sparsity."""
     weights = [p for n, p in unwrap(model).named_parameters() if p.dim() == 4 and n.endswith("weight")]
     total = sum(p.numel() for p in weights)
     return float(sum((p == 0).sum().item() for p in weights) / max(total, 1))
@@ -605,7 +606,7 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
             state.train_seconds += time.time() - epoch_started
             row = {"epoch": epoch, **dict(zip(RESULT_COLUMNS[1:4], mean_loss.tolist())),
                    **dict(zip(RESULT_COLUMNS[4:11], results)), **dict(zip(RESULT_COLUMNS[11:14], learning_rates)),
-                   "phase": state.phase, "sparsity": round(global_sparsity(eval_model), 4)}
+                   "phase": state.phase, "sparsity": round(conv_sparsity(eval_model), 4)}
             append_results(results_file, row)
             tensorboard.log_epoch(epoch, row, eval_model)
             if not opt.nosave or final_epoch:

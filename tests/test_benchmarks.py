@@ -366,7 +366,7 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
                     "epochs": int(flags.get("epochs", 3)), "teacher_weights": flags.get("teacher_weights", ""),
                     "sparsification_recipe": flags.get("sparsification_recipe"),
                     "recipe_args": flags.get("recipe_args")}
-        name, variant = flags["name"], flags["name"].removesuffix("_e3")
+        name, variant = flags["name"], flags["name"].removesuffix("_e3").removesuffix("_lowlr")
         phases = ["dense"] * len(maps[variant]) if variant in ("dense", "control") else ["pruned"] * 2 + ["quantized"]
         fake_run(Path(flags["project"]) / name, settings, maps[variant], phases)
         (Path(flags["project"]) / name / "opt.yaml").write_text(yaml.safe_dump(settings))
@@ -375,12 +375,13 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     monkeypatch.setattr(benchmarks, "run_command", fake_train)
     monkeypatch.setattr(benchmarks, "run_minutes", lambda run_dir: 1.0)
     result = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path,
-                                 curve=tmp_path / "curve.png")
+                                 curve=tmp_path / "curve.png", attempt="e3")
     # 3 epochs is not the protocol's fine-tune length: those runs get folders of their own (an attempt never
     # replaces the protocol's runs); the dense start is shared.
     assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control_e3", "pruned_quant_distill_e3",
                                                               "relu_block4_quant_e3", "pruned_distill_e3", "quant_e3"]
-    assert benchmarks.run_suffix(benchmarks.PROTOCOL_FINETUNE_EPOCHS) == ""
+    assert benchmarks.attempt_name(benchmarks.PROTOCOL_FINETUNE_EPOCHS) == ""
+    assert benchmarks.attempt_name(60) == "e60" and benchmarks.attempt_name(30, "lowlr") == "lowlr"
     assert (tmp_path / "curve.png").stat().st_size > 10_000
     assert result["start_map"] == 0.601 and result["baseline"] == "control" and result["baseline_map"] == 0.603
     assert result["convergence"]["epochs"] == 6 and result["control_rise"] == pytest.approx(0.603 / 0.601 - 1)
@@ -390,5 +391,12 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     relu = next(c for c in commands if c[c.index("--name") + 1] == "relu_block4_quant_e3")
     assert json.loads(relu[relu.index("--recipe-args") + 1])["mask_type"] == [1, 4]
     commands.clear()
-    again = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path, curve=tmp_path / "c.png")
+    again = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path, curve=tmp_path / "c.png",
+                                attempt="e3")
     assert commands == [] and again["dense_reused"] and again["control_reused"]
+    # an attempt with other learning rates: its own control and runs, the overrides in their recipe arguments
+    benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("quant",), project=tmp_path,
+                        curve=tmp_path / "c.png", finetune_overrides={"init_lr": 0.0005, "qat_init_lr": 5e-05}, attempt="lowlr")
+    assert [c[c.index("--name") + 1] for c in commands] == ["control_lowlr", "quant_lowlr"]
+    control_args, quant_args = (json.loads(c[c.index("--recipe-args") + 1]) for c in commands)
+    assert control_args["init_lr"] == 0.0005 and quant_args["qat_init_lr"] == 5e-05

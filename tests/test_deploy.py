@@ -25,7 +25,7 @@ from models.yolo import DetectionModel
 from utils.dataset_config import check_dataset
 from utils.inference import deepsparse_engine, default_runtime, is_qdq_onnx, load_backend
 from utils.runtime_benchmark import condition_batchnorm
-from utils.sparsification.export import onnxruntime_ops
+from utils.sparsification.qdq import onnxruntime_ops
 
 HAS_DEEPSPARSE = importlib.util.find_spec("deepsparse") is not None
 NEEDS_DEEPSPARSE = pytest.mark.skipif(not HAS_DEEPSPARSE, reason="DeepSparse runtime not tested: deepsparse is "

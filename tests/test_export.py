@@ -18,7 +18,7 @@ from models.yolo import DetectionModel
 from utils.checkpoint import build_checkpoint, save_checkpoint
 from utils.inference import load_backend
 from utils.runtime_benchmark import condition_batchnorm
-from utils.sparsification.export import onnxruntime_ops
+from utils.sparsification.qdq import onnxruntime_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["circle", "square", "triangle"]
@@ -524,7 +524,7 @@ def test_unequal_weight_zero_points_are_refused_by_name() -> None:
     that fails at run time."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from utils.sparsification.export import _scalar_weight_zero_points
+    from utils.sparsification.qat_export import _scalar_weight_zero_points
 
     zero_points = numpy_helper.from_array(np.array([128, 127], np.uint8), "w_zero_point")
     node = helper.make_node("ConvInteger", ["x", "w", "x_zero_point", "w_zero_point"], ["y"], name="conv_1")

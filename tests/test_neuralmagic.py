@@ -17,8 +17,8 @@ from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.inference import load_backend
 from utils.sparsification import zoo
-from utils.sparsification.export import has_quantization
 from utils.sparsification.manager import _named_parameters_canonical, unpack_mask
+from utils.sparsification.structure import has_quantization
 from utils.sparsification.teacher import load_teacher
 from utils.weights import LoadedWeights, load_weights, reinitialised_quantizer_scales
 

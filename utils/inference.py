@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.sparsification.zoo import is_zoo_stub
+
 LOGGER = logging.getLogger(__name__)
 
 RUNTIMES = ("pytorch", "onnxruntime", "deepsparse")
@@ -106,7 +108,7 @@ class TorchBackend(Backend):
     runtime = "pytorch"
 
     def __init__(self, weights: str | Path, device: torch.device) -> None:
-        from utils.sparsification.export import has_quantization
+        from utils.sparsification.structure import has_quantization
         from utils.weights import load_weights
 
         model = load_weights(weights).model
@@ -310,7 +312,7 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", runtim
 
     ``threads``: intra-op threads (onnxruntime) or cores (DeepSparse); default every core this process may use.
     """
-    if str(weights).startswith("zoo:"):  # SparseZoo stub (or its $YOLOV5_SPARSE_ZOO_DIR mirror): its model.pt
+    if is_zoo_stub(str(weights)):  # SparseZoo stub (or its $YOLOV5_SPARSE_ZOO_DIR mirror): its model.pt
         from utils.sparsification.zoo import resolve_weights
 
         weights = resolve_weights(str(weights))

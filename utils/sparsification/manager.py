@@ -46,8 +46,9 @@ from utils.sparsification.epochs import (
     scale_recipe_epochs,
     scaling_problems,
 )
-from utils.sparsification.export import has_quantization
 from utils.sparsification.hooks import EpochDirectives, Sparsifier, TrainingPlan
+from utils.sparsification.structure import has_quantization
+from utils.sparsification.zoo import is_zoo_stub
 
 LOGGER = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _read_recipe_text(recipe: str) -> tuple[str, str, int]:
     """The recipe's YAML text, a name for messages, and the line offset of the YAML inside its file."""
     if "\n" in recipe:
         return _front_matter(recipe, "<recipe text>")
-    if recipe.startswith("zoo:"):
+    if is_zoo_stub(recipe):
         from utils.sparsification.zoo import ZooUnavailableError, resolve_recipe  # bounded, offline-aware lookup
 
         try:

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
+from utils.sparsification.zoo import is_zoo_stub
+
 LOGGER = logging.getLogger(__name__)
 
 _QUANTIZATION_MODIFIER = re.compile(r"!\s*QuantizationModifier\b")
@@ -35,7 +37,7 @@ class OneShotResult:
 
 
 def _local_recipe(recipe: str) -> str:
-    if recipe.startswith("zoo:"):
+    if is_zoo_stub(recipe):
         from utils.sparsification.zoo import resolve_recipe
 
         return resolve_recipe(recipe)
@@ -96,9 +98,9 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> in
 def apply_one_shot(model: nn.Module, recipe: str, calibration_images: torch.Tensor | None = None,
                    recipe_args: str | dict | None = None, batch_size: int = 8) -> OneShotResult:
     """Apply ``recipe`` to ``model`` in place at its end epoch; calibrate quantization on ``calibration_images``."""
-    from utils.sparsification.export import has_quantization
     from utils.sparsification.manager import apply_model_defaults, check_recipe_against_model, load_recipe
     from utils.sparsification.report import sparsity_report
+    from utils.sparsification.structure import has_quantization
 
     # the training path's checks and model defaults (recipe syntax and names, Concat/Detect kept float)
     manager, source, notes = load_recipe(_local_recipe(recipe), recipe_args)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from utils.checkpoint import CheckpointError, model_checkpoint, save_checkpoint
-from utils.sparsification.export import has_quantization
+from utils.sparsification.structure import has_quantization
+from utils.sparsification.zoo import is_zoo_stub
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def load_teacher(spec: str | None, student: nn.Module, device: torch.device) -> 
     if spec == SELF:
         return _freeze(copy.deepcopy(student), device)
     path = spec
-    if spec.startswith("zoo:"):
+    if is_zoo_stub(spec):
         from utils.sparsification.zoo import resolve_weights
 
         path = resolve_weights(spec)
