@@ -49,10 +49,11 @@ def evaluate(title: str, onnx_path: Path, runtime: str, name: str) -> dict:
     args = ["val.py", "--weights", str(onnx_path.relative_to(ROOT)), "--data", DATA, "--imgsz", str(IMGSZ),
             "--runtime", runtime, "--name", name, "--exist-ok"]
     print(f"\n=== validate {title}\n$ python {shlex.join(args)}", flush=True)
-    (_, _, map50, map50_95, *_), _, _ = val.run(DATA, weights=str(onnx_path), imgsz=IMGSZ, runtime=runtime,
-                                                name=name, exist_ok=True, workers=2)
-    return {"model": title, "file": onnx_path, "runtime": runtime, "mAP@0.5": map50, "mAP@0.5:0.95": map50_95,
-            "MB": onnx_path.stat().st_size / 1e6, "sparsity": summarize_onnx(onnx_path).sparsity}
+    metrics = val.run(DATA, weights=str(onnx_path), imgsz=IMGSZ, runtime=runtime, name=name, exist_ok=True,
+                      workers=2).metrics
+    return {"model": title, "file": onnx_path, "runtime": runtime, "mAP@0.5": metrics.map50,
+            "mAP@0.5:0.95": metrics.map, "MB": onnx_path.stat().st_size / 1e6,
+            "sparsity": summarize_onnx(onnx_path).sparsity}
 
 
 def time_models(rows: list[dict], rounds: int = 50) -> None:

@@ -55,6 +55,7 @@ from utils.logs import setup_script_logging  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.optim import build_optimizer, lr_lambda  # noqa: E402
+from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
 from utils.runs import increment_path  # noqa: E402
 from utils.sparsification import EpochDirectives, Sparsifier, create_sparsifier, restore_structure  # noqa: E402
 from utils.sparsification.teacher import SELF as SELF_TEACHER  # noqa: E402
@@ -300,8 +301,11 @@ def apply_epoch_directives(directives: EpochDirectives, ema: ModelEMA | None, st
 def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler, compute_loss: ComputeLoss,
                     ema: ModelEMA | None, sparsifier: Sparsifier, state: RunState, epoch: int, epochs: int,
                     hyp: dict, batch_size: int, imgsz: int, warmup: dict | None, multi_scale: bool,
-                    grid_size: int, device: torch.device, is_main: bool) -> torch.Tensor:
-    """One pass over the training data; returns the mean (box, obj, cls) loss."""
+                    grid_size: int, device: torch.device, is_main: bool,
+                    batch_plots: Path | None = None) -> torch.Tensor:
+    """One pass over the training data; returns the mean (box, obj, cls) loss. With ``batch_plots`` (a folder), the
+    first three batches are drawn with their labels to train_batch0-2.jpg, as Ultralytics does in a run's first
+    epoch: a look at what the augmentation feeds the model."""
     model.train()
     num_batches = len(loader)
     accumulate = max(round(NOMINAL_BATCH_SIZE / batch_size), 1)
@@ -309,8 +313,10 @@ def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimize
     progress = tqdm(enumerate(loader), total=num_batches, disable=not is_main,
                     bar_format="{l_bar}{bar:10}{r_bar}", file=sys.stdout)
     optimizer.zero_grad()
-    for i, (images, targets, _paths, _shapes) in progress:
+    for i, (images, targets, paths, _shapes) in progress:
         step = i + num_batches * epoch
+        if batch_plots is not None and i < 3:
+            plot_images(images, targets, paths, batch_plots / f"train_batch{i}.jpg", unwrap(model).names)
         images = images.to(device, non_blocking=True).float() / 255
         if warmup and step <= warmup["steps"]:
             accumulate = warmup_step(optimizer, step, warmup, epoch, batch_size)
@@ -508,8 +514,6 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
         check_anchors(train_dataset, model, hyp["anchor_t"], opt.imgsz)
     val_loader = None
     if context.is_main and not opt.noplots and not resume_checkpoint:
-        from utils.plots import plot_labels
-
         plot_labels(train_dataset.labels, names, save_dir / "labels.jpg")
     if context.is_main:
         val_loader, _ = create_dataloader(
@@ -576,7 +580,8 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
             model=model, loader=train_loader, optimizer=optimizer, scaler=scaler, compute_loss=compute_loss,
             ema=ema, sparsifier=sparsifier, state=state, epoch=epoch, epochs=epochs, hyp=hyp,
             batch_size=batch_size, imgsz=opt.imgsz, warmup=warmup, multi_scale=opt.multi_scale,
-            grid_size=grid_size, device=device, is_main=context.is_main)
+            grid_size=grid_size, device=device, is_main=context.is_main,
+            batch_plots=save_dir if context.is_main and not opt.noplots and epoch == 0 else None)
         if not weights_finite(bare) or (ema is not None and not weights_finite(ema.ema)):
             raise TrainingError(f"non-finite weights after epoch {epoch}; stopping before they are saved, the last "
                                 f"good checkpoint stays in {save_dir / 'weights'}. Lower the learning rate (--hyp).")
@@ -678,8 +683,6 @@ def finish_run(save_dir: Path, data: dict, opt: argparse.Namespace, compute_loss
         outputs["best_metrics"] = dict(zip(RESULT_COLUMNS[4:8], results[:4]))
         outputs.update(report_sparsity(model, save_dir, plots=not opt.noplots))
     if not opt.noplots:
-        from utils.plots import plot_results
-
         plot_results(save_dir / "results.csv")
     if last.exists():  # last of all: until then a final last.pt with its optimizer lets --resume finish the run
         strip_optimizer(last)

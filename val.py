@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +29,26 @@ from utils.boxes import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh  
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions  # noqa: E402
 
 LOGGER = logging.getLogger("val")
+
+
+class Metrics(NamedTuple):
+    """The overall numbers of a validation, in results.csv's column order (a tuple, so it also unpacks and slices)."""
+
+    precision: float
+    recall: float
+    map50: float
+    map: float  # mAP@0.5:0.95
+    box_loss: float
+    obj_loss: float
+    cls_loss: float
+
+
+class ValResult(NamedTuple):
+    """What ``run`` returns: the overall metrics, mAP@0.5:0.95 per class, and milliseconds per image."""
+
+    metrics: Metrics
+    maps: np.ndarray
+    speeds_ms: tuple[float, float, float]  # pre-process, inference, NMS
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,8 +106,8 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / "runs" / "val",
         name: str = "exp", exist_ok: bool = False, half: bool = False, model=None, dataloader=None,
         save_dir: Path = Path(""), plots: bool = True, compute_loss=None, runtime: str | None = None,
-        threads: int | None = None, ap_method: str = "yolov5"):
-    """Returns ``((P, R, mAP@0.5, mAP@0.5:0.95, box_loss, obj_loss, cls_loss), per-class mAP, speeds_ms)``."""
+        threads: int | None = None, ap_method: str = "yolov5") -> ValResult:
+    """Validate ``weights`` (or, during training, ``model``) on ``data``; see ValResult."""
     from utils.dataset_config import check_dataset
 
     training = model is not None
@@ -244,7 +265,7 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
     for i, c in enumerate(ap_classes):
         maps[c] = ap[i]
     model_losses = (loss.cpu() / max(len(dataloader), 1)).tolist()
-    return (float(mp), float(mr), float(map50), float(map50_95), *model_losses), maps, speed_ms
+    return ValResult(Metrics(float(mp), float(mr), float(map50), float(map50_95), *model_losses), maps, speed_ms)
 
 
 def _predictions_to_targets(predictions: list[torch.Tensor]) -> torch.Tensor:

@@ -396,7 +396,8 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     assert commands == [] and again["dense_reused"] and again["control_reused"]
     # an attempt with other learning rates: its own control and runs, the overrides in their recipe arguments
     benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("quant",), project=tmp_path,
-                        curve=tmp_path / "c.png", finetune_overrides={"init_lr": 0.0005, "qat_init_lr": 5e-05}, attempt="lowlr")
+                        curve=tmp_path / "c.png", finetune_overrides={"init_lr": 0.0005, "qat_init_lr": 5e-05},
+                        attempt="lowlr")
     assert [c[c.index("--name") + 1] for c in commands] == ["control_lowlr", "quant_lowlr"]
     control_args, quant_args = (json.loads(c[c.index("--recipe-args") + 1]) for c in commands)
     assert control_args["init_lr"] == 0.0005 and quant_args["qat_init_lr"] == 5e-05

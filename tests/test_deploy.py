@@ -153,11 +153,12 @@ def test_deepsparse_compiles_the_whole_integer_file_and_agrees_with_onnxruntime(
 def test_val_runs_an_onnx_file_in_each_runtime(exported: export.ExportReport, shapes_dataset: Path, tmp_path: Path,
                                                file: str, runtime: str) -> None:
     weights = exported.path if file == "integer" else exported.others[0].path
-    metrics, maps, speeds = val.run(data=str(shapes_dataset), weights=str(weights), imgsz=64, runtime=runtime,
-                                    device="cpu", workers=0, project=tmp_path, name="val", plots=False)[:3]
+    result = val.run(data=str(shapes_dataset), weights=str(weights), imgsz=64, runtime=runtime, device="cpu",
+                     workers=0, project=tmp_path, name="val", plots=False)
+    metrics = result.metrics
     assert len(metrics) == 7 and all(np.isfinite(metrics))
-    assert 0 <= metrics[3] <= metrics[2] <= 1  # mAP@0.5:0.95 <= mAP@0.5
-    assert len(maps) == 6 and speeds[1] > 0
+    assert 0 <= metrics.map <= metrics.map50 <= 1 and (metrics.precision, metrics.recall) == metrics[:2]
+    assert len(result.maps) == 6 and result.speeds_ms[1] > 0
 
 
 @pytest.mark.slow

@@ -28,8 +28,13 @@ def test_a_short_run_writes_the_ultralytics_outputs(tmp_path, shapes_dataset):
     summary = _train(tmp_path, shapes_dataset, epochs=2, name="exp", noplots=False)
     run_dir = tmp_path / "runs" / "exp"
     for name in ("weights/last.pt", "weights/best.pt", "results.csv", "results.png", "opt.yaml", "hyp.yaml",
-                 "labels.jpg", "confusion_matrix.png", "val_batch0_pred.jpg"):
+                 "labels.jpg", "confusion_matrix.png", "val_batch0_pred.jpg", "train_batch0.jpg", "train_batch1.jpg",
+                 "train_batch2.jpg"):
         assert (run_dir / name).exists(), name
+    import cv2
+
+    mosaic = cv2.imread(str(run_dir / "train_batch0.jpg"))  # the first batch: 8 images of 64 px on a 3 x 3 grid
+    assert mosaic.shape == (192, 192, 3) and not (run_dir / "train_batch3.jpg").exists()
     assert summary["epochs"] == 2
     last = load_checkpoint(run_dir / "weights" / "last.pt")
     assert last["final"] and last["epoch"] == 1 and last["optimizer"] is None  # stripped at the end

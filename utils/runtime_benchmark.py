@@ -385,8 +385,8 @@ def mean_average_precision(path: Path, imgsz: int, data: str) -> float:
 
     metrics = val.run(data=data, weights=str(path), imgsz=imgsz, batch_size=16, runtime="onnxruntime", device="cpu",
                       workers=2, project=ROOT / "runs" / "bench" / "val", name="runtime", exist_ok=True,
-                      plots=False)[0]
-    return float(metrics[3])
+                      plots=False).metrics
+    return metrics.map
 
 
 # ------------------------------------------------------------------------------------------------------------- plot
