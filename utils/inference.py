@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.sparsification.zoo import is_zoo_stub
+from utils.augment import letterbox
+from utils.dataset import IMG_FORMATS, collect_image_files, read_image
+from utils.device import select_device
+from utils.sparsification.structure import has_quantization
+from utils.sparsification.zoo import is_zoo_stub, resolve_weights
+from utils.weights import load_weights
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,9 +113,6 @@ class TorchBackend(Backend):
     runtime = "pytorch"
 
     def __init__(self, weights: str | Path, device: torch.device) -> None:
-        from utils.sparsification.structure import has_quantization
-        from utils.weights import load_weights
-
         model = load_weights(weights).model
         quantized = has_quantization(model)
         if not quantized:
@@ -313,8 +315,6 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", runtim
     ``threads``: intra-op threads (onnxruntime) or cores (DeepSparse); default every core this process may use.
     """
     if is_zoo_stub(str(weights)):  # SparseZoo stub (or its $YOLOV5_SPARSE_ZOO_DIR mirror): its model.pt
-        from utils.sparsification.zoo import resolve_weights
-
         weights = resolve_weights(str(weights))
     path = Path(weights)
     if not path.is_file():
@@ -340,8 +340,6 @@ def load_backend(weights: str | Path, device: str | torch.device = "cpu", runtim
 
 
 def _device(spec: str) -> torch.device:
-    from utils.device import select_device
-
     return select_device(spec)
 
 
@@ -350,8 +348,6 @@ def list_images(source: str | Path | list) -> list[Path]:
 
     Raises ``FileNotFoundError`` naming the source when nothing matches, so a typo never passes silently.
     """
-    from utils.dataset import IMG_FORMATS, collect_image_files
-
     sources = source if isinstance(source, (list, tuple)) else [source]
     for entry in sources:
         text = str(entry)
@@ -370,9 +366,6 @@ def list_images(source: str | Path | list) -> list[Path]:
 def load_letterboxed(path: str | Path, imgsz: int | tuple[int, int], stride: int = 32,
                      auto: bool = False) -> tuple[torch.Tensor, np.ndarray, tuple]:
     """Read an image and letterbox it: ((3, H, W) uint8 RGB tensor, the original BGR image, (ratio, (dw, dh)))."""
-    from utils.augment import letterbox
-    from utils.dataset import read_image
-
     original = read_image(str(path))
     if original is None:
         raise ValueError(f"cannot read image {path} (corrupt or not an image)")

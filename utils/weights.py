@@ -23,6 +23,9 @@ from models import common, yolo
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, is_project_checkpoint
 
+# The package's entry points import SparseML inside the calls, for sparsified or Neural Magic checkpoints only.
+from utils.sparsification import convert_neuralmagic, restore_structure
+
 LOGGER = logging.getLogger(__name__)
 
 NEURALMAGIC_RECIPE_KEYS = ("checkpoint_recipe", "intermediate_recipe")  # a Neural Magic sparse checkpoint has one
@@ -117,8 +120,6 @@ def as_project_checkpoint(checkpoint: dict, path: str | Path = "") -> dict | Non
     if is_project_checkpoint(checkpoint):
         return checkpoint
     if is_neuralmagic_checkpoint(checkpoint):
-        from utils.sparsification import convert_neuralmagic
-
         return convert_neuralmagic(checkpoint, str(path))[1]
     return None
 
@@ -145,8 +146,6 @@ def convert_official(checkpoint: dict, path: str | Path = "") -> DetectionModel:
 
 def build_from_project_checkpoint(checkpoint: dict, prefer_ema: bool = True) -> DetectionModel:
     """Rebuild the exact structure recorded in a project checkpoint (sparsified included), then load strictly."""
-    from utils.sparsification import restore_structure  # sparseml is imported only for sparsified checkpoints
-
     model = DetectionModel(checkpoint["model_yaml"], ch=checkpoint["model_yaml"].get("ch", 3),
                            nc=checkpoint["model_yaml"]["nc"])
     model.names = list(checkpoint["names"])
@@ -163,8 +162,6 @@ def load_weights(path: str | Path, prefer_ema: bool = True) -> LoadedWeights:
         model = build_from_project_checkpoint(checkpoint, prefer_ema=prefer_ema)
         return LoadedWeights(model.eval(), "project", checkpoint)
     if is_neuralmagic_checkpoint(checkpoint):
-        from utils.sparsification import convert_neuralmagic
-
         model, converted = convert_neuralmagic(checkpoint, str(path), prefer_ema=prefer_ema)
         LOGGER.info("rebuilt Neural Magic sparse checkpoint %s (%s, %s classes)", path,
                     converted["sparsification"].get("phase"), model.nc)

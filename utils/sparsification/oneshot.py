@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
-from utils.sparsification.zoo import is_zoo_stub
+from utils.sparsification.structure import has_quantization
+from utils.sparsification.zoo import is_zoo_stub, resolve_recipe
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ class OneShotResult:
 
 def _local_recipe(recipe: str) -> str:
     if is_zoo_stub(recipe):
-        from utils.sparsification.zoo import resolve_recipe
-
         return resolve_recipe(recipe)
     if not Path(recipe).is_file():
         raise FileNotFoundError(f"recipe not found: {recipe}")
@@ -100,8 +99,6 @@ def apply_one_shot(model: nn.Module, recipe: str, calibration_images: torch.Tens
     """Apply ``recipe`` to ``model`` in place at its end epoch; calibrate quantization on ``calibration_images``."""
     from utils.sparsification.manager import apply_model_defaults, check_recipe_against_model, load_recipe
     from utils.sparsification.report import sparsity_report
-    from utils.sparsification.structure import has_quantization
-
     # the training path's checks and model defaults (recipe syntax and names, Concat/Detect kept float)
     manager, source, notes = load_recipe(_local_recipe(recipe), recipe_args)
     notes += apply_model_defaults(manager, model)

@@ -18,7 +18,8 @@ from torch import nn
 
 from utils.checkpoint import CheckpointError, model_checkpoint, save_checkpoint
 from utils.sparsification.structure import has_quantization
-from utils.sparsification.zoo import is_zoo_stub
+from utils.sparsification.zoo import is_zoo_stub, resolve_weights
+from utils.weights import load_weights
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,11 +48,7 @@ def load_teacher(spec: str | None, student: nn.Module, device: torch.device) -> 
         return _freeze(copy.deepcopy(student), device)
     path = spec
     if is_zoo_stub(spec):
-        from utils.sparsification.zoo import resolve_weights
-
         path = resolve_weights(spec)
-    from utils.weights import load_weights
-
     teacher = load_weights(path).model
     if int(teacher.nc) != int(student.nc):
         raise CheckpointError(f"--teacher-weights {spec}: the teacher predicts {teacher.nc} classes and the model "
