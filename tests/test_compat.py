@@ -110,3 +110,24 @@ def test_user_choice_on_analytics_is_kept(monkeypatch):
     monkeypatch.setenv("NM_DISABLE_ANALYTICS", "")
     compat._disable_analytics()
     assert compat.os.environ["NM_DISABLE_ANALYTICS"] == ""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_sparseml_lines_print_once_and_its_info_only_when_verbose(verbose: bool) -> None:
+    """sparseml's import gives its logger a console handler of its own, so each line printed twice (once through the
+    root handler the script set up); after apply_compat it prints once, and INFO only with --verbose."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (f"import logging, sparseml.log\nfrom utils.logs import setup_script_logging\n"
+            f"setup_script_logging(verbose={verbose}, force=True)\n"
+            "logging.getLogger('sparseml.x').warning('before-warn')\n"
+            "from utils.sparsification import compat\ncompat.apply_compat()\n"
+            "logging.getLogger('sparseml.x').info('after-info')\nlogging.getLogger('sparseml.x').warning('after-warn')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-2000:]
+    assert output.count("before-warn") == 2  # the fault: sparseml's handler and the root's
+    assert output.count("after-warn") == 1 and output.count("after-info") == (1 if verbose else 0)

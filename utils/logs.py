@@ -29,12 +29,22 @@ HARMLESS_WARNINGS = (  # (category, regex on the message)
 )
 
 
+_VERBOSE = False  # set by setup_script_logging; SparseML's own INFO lines show only when it is True
+
+
+def verbose_logging() -> bool:
+    """Whether the entry script asked for every library line (``--verbose``)."""
+    return _VERBOSE
+
+
 def setup_script_logging(verbose: bool = False, level: int = logging.INFO, force: bool = False) -> None:
     """INFO lines of the project to stdout as plain messages; known-harmless library warnings filtered out.
 
     ``force`` replaces handlers already on the root logger (a script whose imports may have added one); without it
     a caller's handlers (a test's log capture) stay.
     """
+    global _VERBOSE
+    _VERBOSE = verbose
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=force)
     if verbose:
         return

@@ -20,11 +20,17 @@ test in ``tests/test_compat.py`` that fails without it.
    country (about 2 s of extra import time, and a network request on every manager built). Training must not phone
    home or depend on the network, so unless the user set ``NM_DISABLE_ANALYTICS`` themselves we set it before the first
    import and switch off clients that an earlier import already created.
+4. Duplicated log lines. ``sparseml/log.py`` gives the ``sparseml`` and ``__main__`` loggers console handlers of
+   their own at INFO, at import; those loggers also propagate to the root logger the scripts configure, so every
+   SparseML line (and every ``__main__`` line) printed twice, once with SparseML's timestamp format. We remove those
+   two handlers and leave SparseML's lines to the root's configuration, at WARNING unless the script runs with
+   ``--verbose`` (``utils.logs``).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from typing import Any
@@ -109,4 +115,19 @@ def apply_compat() -> None:
     _disable_analytics()
     _patch_qconfig()
     _patch_recipe_serialization()
+    _route_logging()
     _APPLIED = True
+
+
+def _route_logging() -> None:
+    import sparseml.log  # noqa: F401  (its import adds the handlers removed here)
+
+    from utils.logs import verbose_logging
+
+    for name in ("sparseml", "__main__"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler and getattr(handler, "stream", None) is sys.stderr:
+                logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    logging.getLogger("sparseml").setLevel(logging.DEBUG if verbose_logging() else logging.WARNING)
