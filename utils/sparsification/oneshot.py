@@ -103,6 +103,7 @@ def apply_one_shot(model: nn.Module, recipe: str, calibration_images: torch.Tens
     manager, source, notes = load_recipe(_local_recipe(recipe), recipe_args)
     notes += apply_model_defaults(manager, model)
     check_recipe_against_model(manager, model, source)
+    LOGGER.info("one-shot: applying %s at its end state...", Path(source).name)
     model.train()  # QAT wrapping fuses Conv+BN into ConvBn2d only in training mode
     manager.apply(model, loggers=_quiet_loggers())  # every modifier at its end state (epoch = inf)
     model.eval()
@@ -111,6 +112,7 @@ def apply_one_shot(model: nn.Module, recipe: str, calibration_images: torch.Tens
     if quantized:
         if calibration_images is None or calibration_images.shape[0] == 0:
             raise ValueError(f"recipe {recipe} quantizes: one-shot needs calibration images (--data, --calib-data)")
+        LOGGER.info("one-shot: calibrating INT8 ranges on %d images...", calibration_images.shape[0])
         seen = calibrate(model, calibration_images, batch_size=batch_size)
         notes.append(f"one-shot post-training quantization calibrated on {seen} images")
     sparsity = sparsity_report(model).conv_sparsity

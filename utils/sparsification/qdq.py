@@ -5,11 +5,14 @@ Pure ONNX work (onnx, numpy, onnxruntime for calibration): importable and testab
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+LOGGER = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------ QDQ (onnxruntime)
 #
@@ -188,6 +191,7 @@ def _calibrate_ranges(model: Any, tensors: list[str], images: Any) -> dict[str, 
     import onnx
     import onnxruntime
 
+    LOGGER.info("QDQ: calibrating %d activation ranges on %d images...", len(tensors), images.shape[0])
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
