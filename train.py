@@ -695,7 +695,8 @@ def report_sparsity(model: nn.Module, save_dir: Path, plots: bool) -> dict:
 
     report = sparsity_report(model)
     if report.conv_sparsity > 0.01 or report.quantized_layers:
-        LOGGER.info("sparsity report:\n%s", report.table())
+        LOGGER.info("sparsity report (every layer: %s, sparsity.png):\n%s", save_dir / "sparsity.json",
+                    report.table(max_rows=12))
     else:
         LOGGER.info("dense model: %s", report.summary_line())
     with open(save_dir / "sparsity.json", "w", encoding="utf-8") as f:
