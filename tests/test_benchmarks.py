@@ -169,7 +169,7 @@ def test_the_relu_variant_changes_the_model_and_only_quantizes(tmp_path) -> None
     has no pruning variables); the pruned variants keep the pruned_quant recipe and its pruning variables."""
     import json
 
-    from utils.sparsification.manager import load_recipe
+    from utils.sparsification.recipes import load_recipe
 
     start, common = tmp_path / "best.pt", ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
     lr_args = {"num_epochs": 30, **benchmarks.FINETUNE_ARGS}
@@ -323,7 +323,7 @@ def test_convergence_is_the_rise_of_the_best_map_over_the_last_window() -> None:
 def test_each_variant_gets_the_benchmark_variables_its_recipe_defines() -> None:
     import json
 
-    from utils.sparsification.manager import load_recipe
+    from utils.sparsification.recipes import load_recipe
 
     start, common = Path("best.pt"), ["--data", "data/shapes_tiny.yaml", "--imgsz", "160"]
     lr_args = {"num_epochs": 30, **benchmarks.FINETUNE_ARGS}

@@ -49,9 +49,9 @@ def _tiny_qat_step(manager_class) -> nn.Module:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).train()
     manager = manager_class.from_yaml("version: 1.1.0\nmodifiers:\n  - !QuantizationModifier\n    start_epoch: 0.0\n")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    from utils.sparsification.manager import _quiet_loggers
+    from utils.sparsification.structure import quiet_loggers
 
-    wrapped = manager.modify(model, optimizer, steps_per_epoch=1, epoch=0.0, loggers=_quiet_loggers())
+    wrapped = manager.modify(model, optimizer, steps_per_epoch=1, epoch=0.0, loggers=quiet_loggers())
     model(torch.rand(2, 3, 8, 8)).sum().backward()
     wrapped.step()
     return model

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from utils.checkpoint import load_checkpoint
-from utils.sparsification.manager import unpack_mask
+from utils.sparsification.structure import unpack_mask
 
 pytestmark = pytest.mark.slow
 

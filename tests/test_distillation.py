@@ -14,7 +14,7 @@ from test_sparsification import train as run_loop
 
 from utils.checkpoint import CheckpointError
 from utils.sparsification import create_sparsifier
-from utils.sparsification.manager import RecipeError
+from utils.sparsification.recipes import RecipeError
 from utils.sparsification.teacher import load_teacher
 
 # PRUNE_QUANT (GMP 0.5-2, QAT from 3 of 5 epochs) with per-layer distillation until QAT starts.

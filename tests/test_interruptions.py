@@ -31,7 +31,7 @@ import yaml
 
 import train
 from utils.checkpoint import load_checkpoint
-from utils.sparsification.manager import unpack_mask
+from utils.sparsification.structure import unpack_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "@@KILL-POINT"

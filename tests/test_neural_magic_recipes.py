@@ -19,7 +19,7 @@ import torch
 from models.yolo import DetectionModel
 from utils.optim import build_optimizer
 from utils.sparsification import create_sparsifier
-from utils.sparsification.manager import RecipeError, load_recipe
+from utils.sparsification.recipes import RecipeError, load_recipe
 
 # From-scratch pruned + quantized recipe, 250 epochs (sparsify-from-scratch style), shortened to a few groups.
 PRUNED_QUANT = """

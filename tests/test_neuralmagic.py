@@ -17,8 +17,7 @@ from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.inference import load_backend
 from utils.sparsification import zoo
-from utils.sparsification.manager import _named_parameters_canonical, unpack_mask
-from utils.sparsification.structure import has_quantization
+from utils.sparsification.structure import has_quantization, named_parameters_canonical, unpack_mask
 from utils.sparsification.teacher import load_teacher
 from utils.weights import LoadedWeights, load_weights, reinitialised_quantizer_scales
 
@@ -129,7 +128,7 @@ def test_a_pruned_only_file_loads_with_its_masks_and_serves_as_a_teacher(tmp_pat
     state = loaded.checkpoint["sparsification"]
     assert state["phase"] == "pruned" and state["sparsity"] == pytest.approx(0.75, abs=0.01)
     assert [stage["applied_epoch"] for stage in state["stages"]] == [float("inf") if saved == "final" else 0.0]
-    weights = _named_parameters_canonical(model)
+    weights = named_parameters_canonical(model)
     assert len(state["masks"]) == 60  # every prunable conv of yolov5n, the Detect convs included
     for name, packed in state["masks"].items():
         assert torch.equal(unpack_mask(packed), weights[name].ne(0)), name

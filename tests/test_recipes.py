@@ -265,7 +265,7 @@ def test_weight_strategy_variable_sets_one_weight_scale_per_conv_or_per_output_c
 @pytest.mark.parametrize("recipe", ["yolov5n.pruned.yaml", "yolov5n.pruned_quant.yaml"])
 def test_mask_type_variable_prunes_blocks_of_four_input_channels(recipe: str, manager_class, quiet) -> None:
     """--recipe-args '{"mask_type": [1, 4]}' zeroes 4 consecutive input channels together; the default does not."""
-    from utils.sparsification.manager import load_recipe
+    from utils.sparsification.recipes import load_recipe
 
     def zero_blocks(mask_type: list | None) -> torch.Tensor:
         model = DetectionModel("yolov5n.yaml")

@@ -24,13 +24,8 @@ from utils.ema import ModelEMA
 from utils.loss import ComputeLoss
 from utils.optim import build_optimizer
 from utils.sparsification import create_sparsifier, restore_structure
-from utils.sparsification.manager import (
-    RecipeError,
-    canonical_names,
-    load_recipe,
-    parse_recipe_args,
-    unpack_mask,
-)
+from utils.sparsification.recipes import RecipeError, load_recipe, parse_recipe_args
+from utils.sparsification.structure import canonical_names, unpack_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG, BATCH, STEPS = 64, 2, 2

@@ -19,7 +19,7 @@ def create_sparsifier(recipe: str | None, recipe_args: str | dict | None = None,
     """A no-op ``Sparsifier`` without a recipe, else one driven by SparseML's ``ScheduledModifierManager``."""
     if not recipe:
         return Sparsifier()
-    from utils.sparsification.manager import RecipeSparsifier
+    from utils.sparsification.sparsifier import RecipeSparsifier
 
     return RecipeSparsifier(recipe, recipe_args=recipe_args, requested_epochs=requested_epochs)
 
@@ -28,7 +28,7 @@ def restore_structure(model: nn.Module, state: dict) -> None:
     """Re-apply the structure (quantization wrappers, masks) that a checkpoint's sparsification state records."""
     if not state:
         return
-    from utils.sparsification.manager import restore_structure as _restore
+    from utils.sparsification.structure import restore_structure as _restore
 
     _restore(model, state)
 

@@ -1,7 +1,7 @@
 """Make SparseML 1.8.0 work on the pinned modern torch; applied explicitly, once, before any recipe manager exists.
 
-Nothing here runs at import. ``apply_compat()`` is idempotent and is called by ``manager.py``; each fix below has a
-test in ``tests/test_compat.py`` that fails without it.
+Nothing here runs at import. ``apply_compat()`` is idempotent and is called by ``recipes.py`` before any recipe is
+parsed; each fix below has a test in ``tests/test_compat.py`` that fails without it.
 
 1. ``QConfig`` attribute (quantization-aware training crashes without it). torch's ``QConfig`` namedtuple declares
    ``__slots__ = ()``, so its instances take no new attributes, but SparseML tags every QConfig it builds with

@@ -22,8 +22,8 @@ import torch
 
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, build_checkpoint, plain
-from utils.sparsification.manager import STATE_VERSION, RecipeError, apply_stages, masks_from_zeros
-from utils.sparsification.structure import has_quantization
+from utils.sparsification.recipes import RecipeError
+from utils.sparsification.structure import STATE_VERSION, apply_stages, has_quantization, masks_from_zeros
 
 _NAME_MAP = ((re.compile(r"\.add_node(?=\.|$)"), ".add_op"),)  # fork name -> our name
 _DERIVED = re.compile(r"\.anchor_grid$")  # older forks registered the anchor grid (derived from anchors) as a buffer

@@ -12,13 +12,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
-from utils.sparsification.structure import has_quantization
+from utils.sparsification.checks import check_recipe_against_model
+from utils.sparsification.recipes import load_recipe
+from utils.sparsification.structure import apply_model_defaults, has_quantization, quiet_loggers
 from utils.sparsification.zoo import is_zoo_stub, resolve_recipe
 
 LOGGER = logging.getLogger(__name__)
@@ -48,13 +49,6 @@ def _local_recipe(recipe: str) -> str:
 def recipe_has_quantization(recipe: str) -> bool:
     """Whether the recipe contains a QuantizationModifier (one-shot then needs calibration images)."""
     return bool(_QUANTIZATION_MODIFIER.search(Path(_local_recipe(recipe)).read_text(encoding="utf-8")))
-
-
-def _quiet_loggers() -> Any:
-    # SparseML's default modifier logger writes a sparse_logs/ folder into the working directory; log to ours.
-    from sparseml.pytorch.utils.logger import LoggerManager, PythonLogger
-
-    return LoggerManager([PythonLogger(logger=LOGGER)])
 
 
 def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> int:
@@ -97,7 +91,6 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> in
 def apply_one_shot(model: nn.Module, recipe: str, calibration_images: torch.Tensor | None = None,
                    recipe_args: str | dict | None = None, batch_size: int = 8) -> OneShotResult:
     """Apply ``recipe`` to ``model`` in place at its end epoch; calibrate quantization on ``calibration_images``."""
-    from utils.sparsification.manager import apply_model_defaults, check_recipe_against_model, load_recipe
     from utils.sparsification.report import sparsity_report
     # the training path's checks and model defaults (recipe syntax and names, Concat/Detect kept float)
     manager, source, notes = load_recipe(_local_recipe(recipe), recipe_args)
@@ -105,7 +98,7 @@ def apply_one_shot(model: nn.Module, recipe: str, calibration_images: torch.Tens
     check_recipe_against_model(manager, model, source)
     LOGGER.info("one-shot: applying %s at its end state...", Path(source).name)
     model.train()  # QAT wrapping fuses Conv+BN into ConvBn2d only in training mode
-    manager.apply(model, loggers=_quiet_loggers())  # every modifier at its end state (epoch = inf)
+    manager.apply(model, loggers=quiet_loggers())  # every modifier at its end state (epoch = inf)
     model.eval()
     quantized = has_quantization(model)
     seen = 0
