@@ -62,7 +62,7 @@ def time_models(rows: list[dict], rounds: int = 50) -> None:
     which at 160 px weighs as much as the model."""
     import statistics
 
-    from utils.runtime_benchmark import deepsparse_runner, onnxruntime_runner, time_interleaved
+    from utils.timing import deepsparse_runner, onnxruntime_runner, time_interleaved
 
     print(f"\n=== time each file, batch 1, {rounds} interleaved rounds", flush=True)
     runners = {}

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import benchmarks
-from utils import runtime_benchmark
+from benchmarks import accuracy as protocol
+from benchmarks import machine as machine_info
+from benchmarks import report, runs
+from benchmarks import runtime as runtime_bench
+from benchmarks import scratch as scratch_section
 
 
 def runtime_row(variant: str, runtime: str, median_ms: float, throughput: float) -> dict:
@@ -20,10 +23,10 @@ def runtime_section() -> dict:
             runtime_row("pruned INT8 qdq", "onnxruntime", 64.0, 16.0),
             runtime_row("pruned 4-block INT8 integer", "deepsparse", 35.0, 30.0)]
     baseline = rows[0]
-    for row in rows:  # what runtime_benchmark.measure adds
+    for row in rows:  # what runtime_bench.measure adds
         row["speedup"] = round(baseline["median_ms"] / row["median_ms"], 2)
         row["throughput_ratio"] = round(row["throughput_ips"] / baseline["throughput_ips"], 2)
-    settings = runtime_benchmark.Settings.quick()
+    settings = runtime_bench.Settings.quick()
     study = [{"model": "yolov5s", "imgsz": 640, "activation": "ReLU", "sparsity": "none (INT8 only)",
               "conv_sparsity": 0.004, "deepsparse_ms": 29.8, "ort_dense_ms": 100.3, "speedup": 3.37}]
     return {"rows": rows, "threads": [], "study": study, "versions": {"onnxruntime": "1.x", "deepsparse": "1.8.0"},
@@ -56,7 +59,7 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
         "accuracy": accuracy_section(),
         "runtime": runtime_section(),
     }
-    text = benchmarks.render_markdown(results)
+    text = report.render_markdown(results)
     assert "Measured by `python benchmarks.py --only accuracy`, 2026-11-28 00:58 UTC, on an unrecorded machine" in text
     assert "7.8 min for train (10 epochs)" in text and "mAP@0.5 0.077" in text
     assert "400 epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`, YOLOv5's learning rate falling linearly to " \
@@ -77,22 +80,22 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
     results["accuracy"]["sparse"][0]["kept_from"] = "`python benchmarks.py --only accuracy`, 2026-11-28 09:05 UTC"
     results["accuracy"]["convergence"].update(rise=0.05, converged=False)
     results["accuracy"]["control_rise"] = 0.04
-    text = benchmarks.render_markdown(results)
+    text = report.render_markdown(results)
     assert "| pruned_quant_distill * | " in text
     assert "\\* trained by an earlier run of the section with the same dense start: `python benchmarks.py " \
            "--only accuracy`, 2026-11-28 09:05 UTC." in text
     assert "NOT converged" in text and "more than 1%: the start had not converged" in text
     del results["accuracy"]["protocol"]  # an earlier layout: not rendered (its text in BENCHMARKS.md is kept)
-    assert "## Dense vs pruned" not in benchmarks.render_markdown(results)
+    assert "## Dense vs pruned" not in report.render_markdown(results)
 
 
 def test_best_of_uses_yolov5_fitness_within_a_phase() -> None:
     rows = [{"phase": "pruned", "metrics/mAP_0.5": "0.9", "metrics/mAP_0.5:0.95": "0.5"},
             {"phase": "pruned_quantized", "metrics/mAP_0.5": "0.2", "metrics/mAP_0.5:0.95": "0.3"},
             {"phase": "pruned_quantized", "metrics/mAP_0.5": "0.6", "metrics/mAP_0.5:0.95": "0.28"}]
-    assert benchmarks.best_of(rows) is rows[0]
+    assert runs.best_of(rows) is rows[0]
     # 0.1 * 0.6 + 0.9 * 0.28 = 0.312 > 0.1 * 0.2 + 0.9 * 0.3 = 0.29
-    assert benchmarks.best_of(rows, "pruned_quantized") is rows[2]
+    assert runs.best_of(rows, "pruned_quantized") is rows[2]
 
 
 def test_a_finished_dense_run_of_the_same_settings_is_reused(tmp_path, monkeypatch) -> None:
@@ -106,10 +109,10 @@ def test_a_finished_dense_run_of_the_same_settings_is_reused(tmp_path, monkeypat
                                                       "hyp": "data/hyps/hyp.short.yaml"}))
     (run_dir / "results.csv").write_text("epoch,phase\n0,dense\n1,dense\n2,dense\n")
     commands = []
-    monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
+    monkeypatch.setattr(runs, "run_command", lambda args: commands.append(args) or 0.0)
     common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
-    assert benchmarks.dense_run(tmp_path, 3, common) == (run_dir, True) and commands == []
-    assert benchmarks.dense_run(tmp_path, 4, common) == (run_dir, False)  # another length: trained again
+    assert protocol.dense_run(tmp_path, 3, common) == (run_dir, True) and commands == []
+    assert protocol.dense_run(tmp_path / "elsewhere", 4, common) == (tmp_path / "elsewhere" / "dense", False)
     assert commands and "--epochs" in commands[0] and commands[0][commands[0].index("--epochs") + 1] == "4"
 
 
@@ -119,19 +122,29 @@ def test_an_interrupted_stage_resumes_and_one_of_other_settings_trains_anew(tmp_
                 "imgsz": 224, "data": "data/shapes_small.yaml", "epochs": 3}
     fake_run(tmp_path / "dense", settings, [0.1], ["dense"])  # 1 of 3 epochs done
     commands = []
-    monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
+    monkeypatch.setattr(runs, "run_command", lambda args: commands.append(args) or 0.0)
     common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
-    assert benchmarks.dense_run(tmp_path, 3, common) == (tmp_path / "dense", False)
+    assert protocol.dense_run(tmp_path, 3, common) == (tmp_path / "dense", False)
     assert commands == [["train.py", "--resume", str(tmp_path / "dense" / "weights" / "last.pt")]]
     commands.clear()
-    benchmarks.dense_run(tmp_path, 4, common)  # another length: not this run's continuation
-    assert commands[0][:2] == ["train.py", *benchmarks.DENSE_ARGS[:1]] and "--resume" not in commands[0]
+    with pytest.raises(SystemExit, match=r"other settings.*epochs: found 3, wanted 4.*--project"):
+        protocol.dense_run(tmp_path, 4, common)  # another length: not this run's continuation, and not overwritten
+    assert commands == [] and (tmp_path / "dense" / "weights" / "last.pt").is_file()
+
+
+def test_a_folder_with_no_weights_yet_is_trained_into(tmp_path, monkeypatch) -> None:
+    (tmp_path / "dense").mkdir()
+    (tmp_path / "dense" / "opt.yaml").write_text("epochs: 3\n")  # a run killed before its first checkpoint
+    commands = []
+    monkeypatch.setattr(runs, "run_command", lambda args: commands.append(args) or 0.0)
+    protocol.dense_run(tmp_path, 4, ["--data", "data/shapes_small.yaml", "--imgsz", "224"])
+    assert commands[0][:2] == ["train.py", *protocol.DENSE_ARGS[:1]] and "--resume" not in commands[0]
 
 
 def test_run_minutes_come_from_the_checkpoint_when_it_records_them(tmp_path, monkeypatch) -> None:
     fake_run(tmp_path / "run", {}, [0.1], ["dense"])
     monkeypatch.setattr("utils.checkpoint.load_checkpoint", lambda path: {"options": {"train_seconds": 1500.0}})
-    assert benchmarks.run_minutes(tmp_path / "run") == 25.0
+    assert runs.run_minutes(tmp_path / "run") == 25.0
 
 
 def test_a_fine_tune_stage_is_reused_only_with_the_same_start_recipe_and_recipe_args(tmp_path, monkeypatch) -> None:
@@ -143,7 +156,7 @@ def test_a_fine_tune_stage_is_reused_only_with_the_same_start_recipe_and_recipe_
     run_dir = tmp_path / "control"
     (run_dir / "weights").mkdir(parents=True)
     (run_dir / "weights" / "best.pt").write_bytes(b"x")
-    args = {"num_epochs": 2, **benchmarks.FINETUNE_ARGS}
+    args = {"num_epochs": 2, **protocol.FINETUNE_ARGS}
     recipe = tmp_path / "control_recipe.yaml"
     (run_dir / "opt.yaml").write_text(yaml.safe_dump({  # key order differs from the benchmark's: compared parsed
         "weights": str(start), "optimizer": "AdamW", "imgsz": 224, "data": "data/shapes_small.yaml",
@@ -151,11 +164,11 @@ def test_a_fine_tune_stage_is_reused_only_with_the_same_start_recipe_and_recipe_
         "recipe_args": json.dumps(dict(reversed(list(args.items()))))}))
     (run_dir / "results.csv").write_text("epoch,phase\n0,dense\n1,dense\n")
     commands = []
-    monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
+    monkeypatch.setattr(runs, "run_command", lambda args: commands.append(args) or 0.0)
     common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
 
     def run(start, recipe, recipe_args):
-        return benchmarks.recipe_run(tmp_path, "control", start, 2, common, recipe, recipe_args)
+        return protocol.recipe_run(tmp_path, "control", start, 2, common, recipe, recipe_args)
 
     assert run(start, recipe, args) == (run_dir, True) and commands == []
     assert run(start, recipe, {**args, "init_lr": 0.5}) == (run_dir, False)  # other variables: trained again
@@ -172,13 +185,13 @@ def test_the_relu_variant_changes_the_model_and_only_quantizes(tmp_path) -> None
     from utils.sparsification.recipes import load_recipe
 
     start, common = tmp_path / "best.pt", ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
-    lr_args = {"num_epochs": 30, **benchmarks.FINETUNE_ARGS}
-    sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **benchmarks.SPARSITY_ARGS}
+    lr_args = {"num_epochs": 30, **protocol.FINETUNE_ARGS}
+    sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **protocol.SPARSITY_ARGS}
 
     def flag(command: list[str], name: str) -> str:
         return command[command.index(name) + 1]
 
-    relu = benchmarks.variant_command("relu_quant", start, common, lr_args, sparse_args)
+    relu = protocol.variant_command("relu_quant", start, common, lr_args, sparse_args)
     assert flag(relu, "--cfg") == "yolov5n-relu.yaml" and flag(relu, "--teacher-weights") == str(start)
     assert flag(relu, "--sparsification-recipe") == "recipes/yolov5n.relu_quant.yaml"
     assert json.loads(flag(relu, "--recipe-args")) == lr_args
@@ -186,8 +199,8 @@ def test_the_relu_variant_changes_the_model_and_only_quantizes(tmp_path) -> None
     kinds = sorted({type(m).__name__ for m in manager.iter_modifiers()})
     assert kinds == ["EpochRangeModifier", "LearningRateFunctionModifier", "PerLayerDistillationModifier",
                      "QuantizationModifier"]
-    pruned = benchmarks.variant_command("pruned_quant_distill", start, common, lr_args, sparse_args)
-    assert "--cfg" not in pruned and flag(pruned, "--sparsification-recipe") == benchmarks.FINETUNE_RECIPE
+    pruned = protocol.variant_command("pruned_quant_distill", start, common, lr_args, sparse_args)
+    assert "--cfg" not in pruned and flag(pruned, "--sparsification-recipe") == protocol.FINETUNE_RECIPE
     assert json.loads(flag(pruned, "--recipe-args")) == sparse_args
 
 
@@ -197,11 +210,11 @@ def test_a_run_of_some_variants_adds_to_the_table_when_the_dense_stages_are_the_
                 "start_map": start_map, "control_map": 0.6, "sparse": [{"name": n, "map": 0.5} for n in names]}
 
     earlier = section(0.57, "pruned_quant_distill", "relu_quant")
-    merged = benchmarks.keep_other_variants(earlier, section(0.57, "relu_quant"), "`cmd`, date")
+    merged = protocol.keep_other_variants(earlier, section(0.57, "relu_quant"), "`cmd`, date")
     assert [(r["name"], r.get("kept_from")) for r in merged["sparse"]] == [
         ("pruned_quant_distill", "`cmd`, date"), ("relu_quant", None)]  # the rerun variant is replaced, not kept
     # another dense start: the earlier rows are not comparable and are dropped
-    assert benchmarks.keep_other_variants(earlier, section(0.58, "relu_quant"), "x")["sparse"] == [
+    assert protocol.keep_other_variants(earlier, section(0.58, "relu_quant"), "x")["sparse"] == [
         {"name": "relu_quant", "map": 0.5}]
 
 
@@ -221,7 +234,7 @@ def test_sections_a_run_does_not_measure_keep_their_text_and_machine() -> None:
                         "map": 0.04},
                "accuracy": accuracy_section()}
     results["accuracy"]["sparse"][0]["kept_from"] = "an earlier run"  # the table's footnote must not hide the rest
-    text = benchmarks.render_markdown(results, benchmarks.kept_sections(earlier))
+    text = report.render_markdown(results, report.kept_sections(earlier))
     assert "old header" not in text
     assert "on Machine A (versions A).\n\n| yolov5n | 320 | 8 | 16.56 | 69.29 |" in text
     assert "## The demo (`make demo` after setup: `python demo.py`)\n\nMeasured by `python benchmarks.py --only " \
@@ -239,7 +252,7 @@ def test_the_notes_section_survives_every_run_and_the_new_demo_prints_its_table(
             {"model": "pruned INT8 (QDQ), onnxruntime", "mAP@0.5": 0.65, "mAP@0.5:0.95": 0.44, "ms": 2.0, "MB": 2.0,
              "sparsity": 0.77}]
     results = {"demo": {"seconds": 420.0, "epochs": 12, "phase": "pruned_quantized", "rows": rows}}
-    text = benchmarks.render_markdown(results, benchmarks.kept_sections(earlier))
+    text = report.render_markdown(results, report.kept_sections(earlier))
     assert text.endswith("## Notes: earlier measurements\n\n- a finding\n")
     assert "7.0 min from the shipped dense yolov5n" in text and "a 12-epoch pruned_quant fine-tune" in text
     assert "| pruned INT8 (QDQ), onnxruntime | 0.650 | 0.440 | 2.00 | 1.55x | 2.0 | 77% |" in text
@@ -264,33 +277,33 @@ def test_the_scratch_section_runs_the_dense_command_plus_the_recipe_and_divides_
     changes), a finished one is reused, and recovery is its final phase's best mAP over the dense run's best."""
     import json
 
-    common = benchmarks.benchmark_args("data/shapes_small.yaml", 224, 32, tmp_path)
+    common = runs.benchmark_args("data/shapes_small.yaml", 224, 32, tmp_path)
     settings = {"weights": "", "cfg": "yolov5n.yaml", "optimizer": "AdamW", "hyp": "data/hyps/hyp.short.yaml",
                 "imgsz": 224, "data": "data/shapes_small.yaml"}
     fake_run(tmp_path / "dense", {**settings, "epochs": 6}, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], ["dense"] * 6)
     commands = []
-    monkeypatch.setattr(benchmarks, "run_command", lambda args: commands.append(args) or 0.0)
+    monkeypatch.setattr(runs, "run_command", lambda args: commands.append(args) or 0.0)
     with pytest.raises(FileNotFoundError):  # not trained yet: the command runs (here: does nothing)
-        benchmarks.scratch(6, 224, 32, "data/shapes_small.yaml", tmp_path)
-    dense_command = ["train.py", *benchmarks.DENSE_ARGS, "--epochs", "6", "--name", "dense", *common]
-    recipe_args = {"num_epochs": 6, **benchmarks.SPARSITY_ARGS}
-    assert commands == [["train.py", *benchmarks.DENSE_ARGS, "--sparsification-recipe", benchmarks.SCRATCH_RECIPE,
+        scratch_section.scratch(6, 224, 32, "data/shapes_small.yaml", tmp_path)
+    dense_command = ["train.py", *protocol.DENSE_ARGS, "--epochs", "6", "--name", "dense", *common]
+    recipe_args = {"num_epochs": 6, **protocol.SPARSITY_ARGS}
+    assert commands == [["train.py", *protocol.DENSE_ARGS, "--sparsification-recipe", protocol.SCRATCH_RECIPE,
                          "--recipe-args", json.dumps(recipe_args), "--name", "pruned_quant_scratch", *common]]
     assert [a for a in commands[0] if a not in dense_command] == [  # the only difference from the dense run
-        "--sparsification-recipe", benchmarks.SCRATCH_RECIPE, "--recipe-args", json.dumps(recipe_args),
+        "--sparsification-recipe", protocol.SCRATCH_RECIPE, "--recipe-args", json.dumps(recipe_args),
         "pruned_quant_scratch"]
 
-    fake_run(tmp_path / "pruned_quant_scratch", {**settings, "sparsification_recipe": benchmarks.SCRATCH_RECIPE,
+    fake_run(tmp_path / "pruned_quant_scratch", {**settings, "sparsification_recipe": protocol.SCRATCH_RECIPE,
                                                   "recipe_args": json.dumps(recipe_args)},
              [0.1, 0.2, 0.35, 0.4, 0.57, 0.594], ["dense", "pruned", "pruned", "pruned", "pruned_quantized",
                                                    "pruned_quantized"])
     commands.clear()
-    result = benchmarks.scratch(6, 224, 32, "data/shapes_small.yaml", tmp_path)
+    result = scratch_section.scratch(6, 224, 32, "data/shapes_small.yaml", tmp_path)
     assert commands == [] and result["dense_reused"] and result["sparse_reused"]
     assert result["dense_map"] == 0.6 and result["sparse_map"] == 0.594 and result["sparse_best_epoch"] == 5
     assert abs(result["recovery"] - 0.99) < 1e-9 and result["sparsity"] == 0.77
     assert result["phase_starts"] == {"dense": 0, "pruned": 1, "pruned_quantized": 4}
-    text = "\n".join(benchmarks.scratch_markdown(result))
+    text = "\n".join(scratch_section.scratch_markdown(result))
     assert "Both runs: `python train.py --cfg yolov5n.yaml --weights '' --optimizer AdamW --hyp " \
            "data/hyps/hyp.short.yaml --data data/shapes_small.yaml --imgsz 224 --batch-size 32`, 6 epochs" in text
     assert "phases: dense from epoch 0, pruned from epoch 1, pruned_quantized from epoch 4" in text
@@ -303,8 +316,8 @@ def test_the_scratch_section_runs_the_dense_command_plus_the_recipe_and_divides_
 def test_machine_names_the_cpu_its_flags_and_the_gpu() -> None:
     import torch
 
-    description = benchmarks.machine()
-    assert description.startswith(f"{benchmarks.cpu_name()}, ") and "logical CPUs, flags: " in description
+    description = machine_info.machine()
+    assert description.startswith(f"{machine_info.cpu_name()}, ") and "logical CPUs, flags: " in description
     assert description.endswith("no GPU") == (not torch.cuda.is_available())
 
 
@@ -313,10 +326,10 @@ def test_convergence_is_the_rise_of_the_best_map_over_the_last_window() -> None:
         return [{"epoch": e, "metrics/mAP_0.5:0.95": m, "x/lr0": 0.1 / (e + 1), "x/lr1": 0.01 / (e + 1)}
                 for e, m in enumerate(maps)]
 
-    plateau = benchmarks.dense_convergence(rows([0.1, 0.3, 0.5, 0.500, 0.503, 0.501]), window=3)
+    plateau = protocol.dense_convergence(rows([0.1, 0.3, 0.5, 0.500, 0.503, 0.501]), window=3)
     assert plateau["best_before_window"] == 0.5 and plateau["best"] == 0.503 and plateau["converged"]
     assert abs(plateau["rise"] - 0.006) < 1e-9 and plateau["final_lr"] == 0.1 / 6
-    climbing = benchmarks.dense_convergence(rows([0.1, 0.3, 0.5, 0.51, 0.52, 0.53]), window=3)
+    climbing = protocol.dense_convergence(rows([0.1, 0.3, 0.5, 0.51, 0.52, 0.53]), window=3)
     assert not climbing["converged"] and abs(climbing["rise"] - 0.06) < 1e-9
 
 
@@ -326,11 +339,11 @@ def test_each_variant_gets_the_benchmark_variables_its_recipe_defines() -> None:
     from utils.sparsification.recipes import load_recipe
 
     start, common = Path("best.pt"), ["--data", "data/shapes_tiny.yaml", "--imgsz", "160"]
-    lr_args = {"num_epochs": 30, **benchmarks.FINETUNE_ARGS}
-    sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **benchmarks.SPARSITY_ARGS}
+    lr_args = {"num_epochs": 30, **protocol.FINETUNE_ARGS}
+    sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **protocol.SPARSITY_ARGS}
 
     def args_of(name: str) -> tuple[list[str], dict]:
-        command = benchmarks.variant_command(name, start, common, lr_args, sparse_args)
+        command = protocol.variant_command(name, start, common, lr_args, sparse_args)
         recipe_args = json.loads(command[command.index("--recipe-args") + 1])
         load_recipe(command[command.index("--sparsification-recipe") + 1], recipe_args)  # every variable exists
         return command, recipe_args
@@ -342,7 +355,7 @@ def test_each_variant_gets_the_benchmark_variables_its_recipe_defines() -> None:
     assert "--teacher-weights" not in command  # distillation may not overlap QAT
     command, relu = args_of("relu_block4_quant")
     assert command[command.index("--cfg") + 1] == "yolov5n-relu.yaml" and relu["mask_type"] == [1, 4]
-    assert relu["final_sparsity_heavy"] == 0.88 and relu["float_modules"] == runtime_benchmark.BLOCK4["float_modules"]
+    assert relu["final_sparsity_heavy"] == 0.88 and relu["float_modules"] == runtime_bench.BLOCK4["float_modules"]
 
 
 def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_by_the_better_dense_model(
@@ -372,16 +385,16 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
         (Path(flags["project"]) / name / "opt.yaml").write_text(yaml.safe_dump(settings))
         return 0.0
 
-    monkeypatch.setattr(benchmarks, "run_command", fake_train)
-    monkeypatch.setattr(benchmarks, "run_minutes", lambda run_dir: 1.0)
-    result = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path,
+    monkeypatch.setattr(runs, "run_command", fake_train)
+    monkeypatch.setattr(protocol, "run_minutes", lambda run_dir: 1.0)
+    result = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path,
                                  curve=tmp_path / "curve.png", attempt="e3")
     # 3 epochs is not the protocol's fine-tune length: those runs get folders of their own (an attempt never
     # replaces the protocol's runs); the dense start is shared.
     assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control_e3", "pruned_quant_distill_e3",
                                                               "relu_block4_quant_e3", "pruned_distill_e3", "quant_e3"]
-    assert benchmarks.attempt_name(benchmarks.PROTOCOL_FINETUNE_EPOCHS) == ""
-    assert benchmarks.attempt_name(60) == "e60" and benchmarks.attempt_name(30, "lowlr") == "lowlr"
+    assert protocol.attempt_name(protocol.PROTOCOL_FINETUNE_EPOCHS) == ""
+    assert protocol.attempt_name(60) == "e60" and protocol.attempt_name(30, "lowlr") == "lowlr"
     assert (tmp_path / "curve.png").stat().st_size > 10_000
     assert result["start_map"] == 0.601 and result["baseline"] == "control" and result["baseline_map"] == 0.603
     assert result["convergence"]["epochs"] == 6 and result["control_rise"] == pytest.approx(0.603 / 0.601 - 1)
@@ -391,13 +404,24 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     relu = next(c for c in commands if c[c.index("--name") + 1] == "relu_block4_quant_e3")
     assert json.loads(relu[relu.index("--recipe-args") + 1])["mask_type"] == [1, 4]
     commands.clear()
-    again = benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path, curve=tmp_path / "c.png",
+    again = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path, curve=tmp_path / "c.png",
                                 attempt="e3")
     assert commands == [] and again["dense_reused"] and again["control_reused"]
     # an attempt with other learning rates: its own control and runs, the overrides in their recipe arguments
-    benchmarks.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("quant",), project=tmp_path,
+    protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("quant",), project=tmp_path,
                         curve=tmp_path / "c.png", finetune_overrides={"init_lr": 0.0005, "qat_init_lr": 5e-05},
                         attempt="lowlr")
     assert [c[c.index("--name") + 1] for c in commands] == ["control_lowlr", "quant_lowlr"]
     control_args, quant_args = (json.loads(c[c.index("--recipe-args") + 1]) for c in commands)
     assert control_args["init_lr"] == 0.0005 and quant_args["qat_init_lr"] == 5e-05
+
+
+def test_the_header_names_the_sections_whose_maps_predate_the_val_fix() -> None:
+    results = {"commands": {"accuracy": {"date": "2026-12-05 09:00 UTC"}, "runtime": {"date": "2026-11-28 11:57 UTC"},
+                            "scratch": {"date": "2026-12-05 11:36 UTC"}, "demo": {"date": "2026-12-04 10:00 UTC"}}}
+    (note,) = report.val_fix_note(results)
+    assert "not re-measured" in note and note.endswith("runtime; compare their ratios, not their mAPs with the "
+                                                       "other sections'.")
+    results["commands"]["runtime"]["date"] = "2026-12-06 08:00 UTC"
+    assert "not re-measured" not in report.val_fix_note(results)[0]
+

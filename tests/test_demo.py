@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-import benchmarks
 import demo
+from benchmarks import accuracy as protocol
 from utils.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +26,8 @@ def test_the_shipped_start_is_a_dense_yolov5n_of_the_demo_data() -> None:
 
 def test_the_fine_tune_sets_only_variables_its_recipe_defines_at_the_protocols_rates() -> None:
     args = demo.recipe_args(12)
-    assert set(args) <= benchmarks.recipe_variables(demo.RECIPE)
-    assert {k: args[k] for k in benchmarks.SPARSITY_ARGS} == benchmarks.SPARSITY_ARGS
+    assert set(args) <= protocol.recipe_variables(demo.RECIPE)
+    assert {k: args[k] for k in protocol.SPARSITY_ARGS} == protocol.SPARSITY_ARGS
     assert {k: args[k] for k in ("init_lr", "final_lr", "qat_init_lr")} == \
-        {k: benchmarks.FINETUNE_ARGS[k] for k in ("init_lr", "final_lr", "qat_init_lr")}
+        {k: protocol.FINETUNE_ARGS[k] for k in ("init_lr", "final_lr", "qat_init_lr")}
     assert args["pruning_end_epoch"] < 12 - args["quantization_epochs"]  # pruning ends before QAT starts

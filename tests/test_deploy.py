@@ -21,10 +21,10 @@ from test_export import (
 
 import export
 import val
+from benchmarks.runtime import condition_batchnorm
 from models.yolo import DetectionModel
 from utils.dataset_config import check_dataset
 from utils.inference import deepsparse_engine, default_runtime, is_qdq_onnx, load_backend
-from utils.runtime_benchmark import condition_batchnorm
 from utils.sparsification.qdq import onnxruntime_ops
 
 HAS_DEEPSPARSE = importlib.util.find_spec("deepsparse") is not None

@@ -179,7 +179,7 @@ def int8_files(tmp_path_factory) -> dict[str, Path]:
     ``integer`` (W.onnx, ConvInteger, for DeepSparse) and ``qdq`` (W.qdq.onnx, for onnxruntime)."""
     from test_export import qat_checkpoint
 
-    from utils.runtime_benchmark import condition_batchnorm
+    from benchmarks.runtime import condition_batchnorm
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=generator)

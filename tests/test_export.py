@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import export
+from benchmarks.runtime import condition_batchnorm
 from models.yolo import DetectionModel
 from utils.checkpoint import build_checkpoint, save_checkpoint
 from utils.inference import load_backend
-from utils.runtime_benchmark import condition_batchnorm
 from utils.sparsification.qdq import onnxruntime_ops
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,8 +28,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+
+import export
+import val
+from benchmarks.runs import BENCH_DIR
+from utils.timing import deepsparse_runner, onnxruntime_runner, stats, time_interleaved
 
 LOGGER = logging.getLogger(__name__)
 
@@ -99,7 +103,6 @@ def condition_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.n
 
 
 def _random_checkpoint(cfg: str, folder: Path, imgsz: int, name: str = "random.pt") -> Path:
-    import export
     from models.yolo import DetectionModel
     from utils.checkpoint import model_checkpoint, save_checkpoint
 
@@ -130,7 +133,6 @@ def trained_checkpoints(accuracy_dir: Path) -> dict[str, Path] | None:
 
 def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir: Path | None) -> ModelFiles:
     """Export the four variants of ``cfg`` (dynamic batch and size) into ``folder``; checks recorded per file."""
-    import export
 
     folder.mkdir(parents=True, exist_ok=True)
     trained = trained_checkpoints(accuracy_dir) if cfg == "yolov5n" and accuracy_dir is not None else None
@@ -187,54 +189,6 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir:
 # ---------------------------------------------------------------------------------------------------------- runners
 
 
-def _feed(path: Path, batch: int, imgsz: int) -> np.ndarray:
-    """Random pixels as the file takes them: uint8 0-255 (quantized graphs) or float32 in [0, 1]."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    uint8 = graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, 3, imgsz, imgsz), dtype=np.uint8)
-    return pixels if uint8 else pixels.astype(np.float32) / 255
-
-
-def onnxruntime_runner(path: Path, batch: int, imgsz: int, threads: int, spinning: bool = False) -> Callable:
-    import onnxruntime
-
-    from utils.inference import onnxruntime_options
-
-    session = onnxruntime.InferenceSession(str(path), onnxruntime_options(threads, spinning),
-                                           providers=["CPUExecutionProvider"])
-    name, feed = session.get_inputs()[0].name, _feed(path, batch, imgsz)
-    return lambda: session.run(None, {name: feed})
-
-
-def deepsparse_runner(path: Path, batch: int, imgsz: int, threads: int) -> tuple[Callable, float]:
-    """(runner, fraction of the graph DeepSparse compiles itself; the rest runs in its bundled onnxruntime)."""
-    from utils.inference import deepsparse_engine
-
-    engine = deepsparse_engine(path, (batch, 3, imgsz, imgsz), threads)
-    feed = [_feed(path, batch, imgsz)]
-    return (lambda: engine.run(feed)), float(engine.fraction_of_supported_ops)
-
-
-def time_interleaved(runners: dict[str, Callable], runs: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each runner: warm-up, then ``runs`` rounds that call every runner once, in turn."""
-    for runner in runners.values():
-        for _ in range(warmup):
-            runner()
-    times: dict[str, list[float]] = {key: [] for key in runners}
-    for _ in range(runs):
-        for key, runner in runners.items():
-            start = time.perf_counter()
-            runner()
-            times[key].append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def _stats(times: list[float]) -> dict[str, float]:
-    return {"median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2)}
-
-
 def _timed_onnxruntime_and_deepsparse(files: ModelFiles, batch: int, imgsz: int, runtimes: list[str], runs: int,
                                       warmup: int, threads: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Milliseconds per call by "variant|runtime", and the fraction of each file DeepSparse compiles.
@@ -279,7 +233,7 @@ def measure(files: ModelFiles, imgsz: int, runtimes: list[str], settings: Settin
             variant, runtime = key.split("|")
             row = rows[(variant, runtime)]
             if batch == 1:
-                row.update(_stats(values), runs=len(values))
+                row.update(stats(values), runs=len(values))
             else:
                 row["throughput_ips"] = round(batch * 1e3 / statistics.median(values), 2)
                 row["throughput_runs"] = len(values)
@@ -318,7 +272,7 @@ def threads_study(files: ModelFiles, imgsz: int, runtimes: list[str], runs: int,
     for key, values in times.items():
         variant, runtime, setting = key.split("|")
         rows.append({"model": files.model, "imgsz": imgsz, "variant": variant, "runtime": runtime,
-                     "setting": setting, **_stats(values), "runs": runs})
+                     "setting": setting, **stats(values), "runs": runs})
     return rows
 
 
@@ -334,7 +288,6 @@ def deepsparse_study(folder: Path, imgsz: int, settings: Settings, threads: int)
     each ratio comes from one window of time."""
     import gc
 
-    import export
 
     folder.mkdir(parents=True, exist_ok=True)
     quantize_all = {"float_modules": BLOCK4["float_modules"]}
@@ -381,7 +334,6 @@ def mean_average_precision(path: Path, imgsz: int, data: str) -> float:
     One runtime suffices: the files are the same arithmetic in both (tests/test_deploy.py: DeepSparse and onnxruntime
     agree on the integer file within 1e-4 px), and DeepSparse would compile an engine for every rectangular batch.
     """
-    import val
 
     metrics = val.run(data=data, weights=str(path), imgsz=imgsz, batch_size=16, runtime="onnxruntime", device="cpu",
                       workers=2, project=ROOT / "runs" / "bench" / "val", name="runtime", exist_ok=True,
@@ -490,205 +442,8 @@ def run_section(settings: Settings, bench_dir: Path) -> dict:
             "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]}
 
 
-def markdown(section: dict) -> list[str]:
-    """The BENCHMARKS.md lines of the runtime section."""
-    rows = section["rows"]
-    s = section["settings"]
-    versions = ", ".join(f"{k} {v}" for k, v in section["versions"].items())
-    lines = ["## Deployment speed: ONNX runtimes on this CPU", "",
-             f"Runtimes: {versions}; {section['threads_used']} threads (onnxruntime intra-op threads = cores, "
-             f"inter-op 1, spinning off; DeepSparse num_cores = cores). Batch-1 latency: median and p90 of "
-             f"{s['latency_runs']} runs ({s['latency_runs_large']} for yolov5s at 640) after {s['warmup']} warm-up "
-             f"runs; throughput: batch {THROUGHPUT_BATCH}, median of {s['throughput_runs']} runs. The onnxruntime "
-             f"files of one model and size are interleaved run by run, half the runs before and half after the "
-             f"DeepSparse files, which are timed one engine at a time; 'vs ORT dense' is the ratio to onnxruntime "
-             f"dense FP32 of the same model and size in the same process. Section took {section['minutes']} min; "
-             f"1-minute load average {_load(section)} at start and end (other processes on the machine slow "
-             f"DeepSparse with num_cores = all cores far more than onnxruntime).", ""]
-    lines += [f"- {note}" for note in section["notes"]]
-    lines += [f"- export check FAILED (the file is timed and scored all the same) for {model} {variant}: {line}"
-              for model, checks in section.get("checks", {}).items() for variant, line in checks.items()
-              if line.endswith("FAILED")]
-    lines += ["", "| model | imgsz | variant | runtime | median ms | p90 ms | vs ORT dense | "
-              f"batch {THROUGHPUT_BATCH} images/s | vs ORT dense | mAP@0.5:0.95 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        runtime = r["runtime"]
-        if runtime == "deepsparse" and r.get("deepsparse_compiled", 1.0) < 0.5:
-            runtime += f" ({r['deepsparse_compiled']:.0%} compiled, rest in its bundled onnxruntime)"
-        accuracy = f"{r['map']:.3f}" if r.get("map") is not None else r.get("map_note", "n/a")
-        lines.append(f"| {r['model']} | {r['imgsz']} | {r['variant']} | {runtime} | {r['median_ms']:.1f} | "
-                     f"{r['p90_ms']:.1f} | {r.get('speedup', 0):.2f}x | {r.get('throughput_ips', 0):.1f} | "
-                     f"{r.get('throughput_ratio', 0):.2f}x | {accuracy} |")
-    lines.append("")
-    best = _best_lines(rows)
-    if best:
-        lines += ["Fastest file per model and size (batch 1):", "", *best, ""]
-    if section.get("threads"):
-        lines += ["Thread settings (batch 1, interleaved):", "", "| model | imgsz | variant | runtime | setting | "
-                  "median ms | p90 ms |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['imgsz']} | {r['variant']} | {r['runtime']} | {r['setting']} | "
-                  f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} |" for r in section["threads"]]
-        lines.append("")
-    if section.get("study"):
-        lines += ["DeepSparse INT8 by activation and sparsity (yolov5s, random weights, one-shot, whole graph INT8 "
-                  "including Detect; each engine interleaved with onnxruntime dense FP32 SiLU, batch 1"
-                  + (f"; {section['study_note']}" if section.get("study_note") else "") + "):", "",
-                  "| imgsz | activation | sparsity (inner / sensitive layers) | conv weights zero | DeepSparse ms | "
-                  "ORT dense ms | vs ORT dense |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['imgsz']} | {r['activation']} | {r['sparsity']} | {r['conv_sparsity']:.0%} | "
-                  f"{r['deepsparse_ms']:.1f} | {r['ort_dense_ms']:.1f} | {r['speedup']:.2f}x |"
-                  for r in section["study"]]
-        lines.append("")
-    lines += [f"Latency against mAP: `{section['plot']}`.", ""]
-    lines += ["### Findings", "", *_measured_findings(section), *ONE_OFF_FINDINGS, ""]
-    return lines
-
-
-# Experiments run once by hand (2026-11-27, 2-core Intel Xeon with AVX-512 VNNI and AMX, shared with other
-# jobs: 1-minute load 2-5) and not repeated by this script. Ratios are from one process, interleaved.
-ONE_OFF_FINDINGS = [
-    "- One-off experiments (2026-11-27, the 2-core Intel Xeon with AVX-512 VNNI and AMX, not re-run by this script):",
-    "  - QDQ variants, yolov5s 640 random weights, onnxruntime: only the QAT quantizers (conv outputs float) 0.73x "
-    "ORT dense (no integer kernel is fused without a quantized conv output); + calibrated conv outputs 1.15x; + "
-    "sigmoid outputs 1.37x; + every float branch between quantized convs (shipped) 1.44x, all with spinning on. "
-    "Detect's 3 head convs stay float: their logits feed the box decode.",
-    "  - onnxruntime graph optimization level, yolov5s 640 (spinning on): ENABLE_ALL 248 ms QDQ / 293 ms dense; "
-    "EXTENDED 436 / 436; BASIC 982 / 490. The layout transforms of level ALL (NCHWc, NHWC for QLinearConv) matter.",
-    "  - onnxruntime intra-op spinning, yolov5s 640: dense 293 -> 199 ms and QDQ 248 -> 165 ms with spinning off on "
-    "that shared 2-core machine; hence `utils.inference.onnxruntime_options(spinning=False)`.",
-    "  - DeepSparse, yolov5s 320, num_cores 1 (num_cores 2 collapsed under the other jobs' load: 160-870 ms): dense "
-    "37.6 ms, pruned FP32 (unstructured) 37-45 ms, pruned INT8 unstructured 22.7 ms, pruned INT8 with block masks "
-    "`mask_type: [1, 4]` 20.6 ms; onnxruntime in the same process: dense 42.3 ms, QDQ 21.3 ms (2 threads). Sparse "
-    "FP32 gains nothing in DeepSparse here; sparse INT8 does, and [1, 4] blocks a little more.",
-    "- One-off experiments (2026-11-28, the same Intel Xeon, idle: 1-minute load < 1), yolov5s random weights, "
-    "one-shot recipes, batch 1, one process each:",
-    "  - 640 px: onnxruntime dense FP32 85.1 ms, QDQ pruned INT8 51.5 ms (1.65x); DeepSparse num_cores 2: dense 82.4 "
-    "ms, pruned FP32 81.1 ms, pruned INT8 (unstructured, 81%) 39.5 ms (2.15x); num_cores 1: 153 / 131 / 60.9 ms. "
-    "320 px: onnxruntime dense 24.4 ms, QDQ 15.1 ms; DeepSparse pruned INT8 12.2 ms (2.0x), num_cores 1 26.3 ms. On an "
-    "idle machine DeepSparse with every core is the fastest; under load it collapses (above), hence `--threads`.",
-    "  - Block masks, 640 px, DeepSparse num_cores 2: pruned INT8 with `mask_type: [1, 4]` at the recipe's sparsities "
-    "(81% of conv weights) 35.5 ms = 2.94x the onnxruntime dense run of that process (104 ms there: the absolute "
-    "timings of separate processes drift by 20%); raising the sparsities to 90% inner / 80% sensitive (86% of conv "
-    "weights) 36.1 ms, no faster: on 2 cores something other than the pruned convolutions bounds the latency (not "
-    "profiled; the dense stem and head and the float SiLU/Sigmoid are the suspects). Quantizing Concat, MaxPool "
-    "and Upsample too (ignore only SiLU) 39.5 ms against "
-    "97.4 ms dense in its process (2.47x): no gain either. The recipes take "
-    "`--recipe-args '{\"mask_type\": [1, 4]}'`; the table above times the 4-block file in the same process as "
-    "the others.",
-    "  - Spread between processes, yolov5s 640 batch 1 (3 processes on the benchmark's files plus 1 on a fresh "
-    "one-shot export of the same recipe; ORT dense timed before and after DeepSparse in each): DeepSparse 4-block "
-    "INT8 2.29x, 2.55x, 3.14x, 3.17x ORT dense; unstructured INT8 2.13-2.33x; ORT dense itself 85-124 ms. The "
-    "4-block file was 7-26% faster than the unstructured one each time; its ratio to ORT dense straddles 3x. "
-    "Pruning Detect's 3 output convs in 4-blocks "
-    "as well (84% of conv weights) 2.81x: no gain.",
-    "  - Detect float or INT8 (2026-11-28, one-shot yolov5s, 640 px, DeepSparse num_cores 2, interleaved in one "
-    "process, medians of 15): 4-block, Detect quantized 35.2 ms, float (the recipes' `float_modules`) 37.7 ms (7% "
-    "slower; onnxruntime dense 91.0 ms); unstructured, Detect quantized 40.7 ms, float 44.8 ms (10% slower; "
-    "onnxruntime dense 92 ms, two rounds). Float Detect kept ~0.01 mAP@0.5:0.95 in QAT (recipes/README.md), so the "
-    "recipes keep it float and the 4-block rows quantize it (the speed-first file).",
-    "  - Sparsity levels and activation (2026-11-28 10:13 UTC, yolov5s 640 random weights, one-shot INT8 with Detect "
-    "quantized, DeepSparse num_cores 2, each file interleaved with onnxruntime dense FP32 for 15-20 rounds, the "
-    "machine's other jobs paused): SiLU 4-block at 85/70, 70/55, 55/40 and 40/30% (inner/sensitive) and INT8 "
-    "without pruning 35.6-40.5 ms (ORT dense 90-122 ms); the same network with ReLU (`models/yolov5s-relu.yaml`) "
-    "29.1-29.8 ms at 85/70, 40/30 and no pruning (ORT dense SiLU 99-101 ms, ReLU 92-94 ms). The table above repeats "
-    "this with `deepsparse_study`.",
-    "  - ReLU with light pruning (2026-11-28 12:16 UTC, probe, not a benchmark variant): the relu_quant fine-tune with "
-    "`recipes/yolov5n.pruned_quant.yaml` instead (4-block, heavy/inner/sensitive 0.5/0.4/0.3: 45% of conv weights "
-    "zero, distilled, 30 epochs, the benchmark's learning rates) ended at mAP@0.5:0.95 0.549 in training's "
-    "validation (unpruned ReLU 0.569, the start 0.570); its INT8 file scored 0.645 at 320 px (dense 0.663) and ran "
-    "2.45 ms in DeepSparse, 3.27x onnxruntime dense in its process (unpruned ReLU 2.08 ms, 3.31x, in an earlier "
-    "process): the pruning cost 2.7% of the accuracy and bought no speed.",
-    "  - `deepsparse.debug_analysis` of that 4-block file (640 px, num_cores 2): 34.7 ms, of which 82% in DeepSparse's "
-    "fused multi-layer 'pyramid' subgraphs (not broken down further), 15% in the P5 stage's sparse convolutions run "
-    "one by one, 3% in layout shuffles, 0.5% in one dense Detect conv run alone.",
-    "  - `onnxruntime.quantization.quantize_static` (post-training QDQ) cannot run beside the onnx 1.14.1 that "
-    "sparseml pins (it needs ml_dtypes and onnx's INT4 type), so the QDQ file is converted from the QAT graph.",
-    "  - Not measured: per-layer sparsity sweeps for speed (the yolov5s recipes keep their 85% inner / 70% "
-    "sensitive split; the yolov5n recipes' heavy/inner/sensitive split was chosen for accuracy, in the accuracy "
-    "section) and a CPU "
-    "without VNNI (the study in ../shared/research/engine.md measured that case: ConvInteger 0.96x, QDQ 1.29x, "
-    "DeepSparse pruned INT8 1.6x ORT dense; see also the AMD EPYC item below).",
-    "- One-off experiments (2026-12-01, another machine: AMD EPYC, 2 logical CPUs, AVX2 without AVX-512 or VNNI, so "
-    "DeepSparse emulates INT8; yolov5s 640 random weights, one-shot `yolov5s.pruned_quant.yaml` (unstructured, 81% of"
-    " conv weights zero), batch 1, one process, 15 interleaved rounds with onnxruntime dense FP32 (150-180 ms)):",
-    "  - Weight scales and Detect: DeepSparse integer file, per-tensor scales, Detect float 1.48x / Detect INT8 1.45x"
-    " ORT dense; per-channel scales (`weight_strategy: channel`) Detect float 1.07x / Detect INT8 1.08x; the "
-    "onnxruntime QDQ files 1.56x / 1.48x per tensor and 1.53x / 1.53x per channel. On this CPU per-channel scales "
-    "cost DeepSparse its INT8 gain (both files compiled whole by DeepSparse) and onnxruntime nothing, and Detect INT8 "
-    "buys no speed. Not measured on a VNNI CPU.",
-]
-
-
-def _range(values: list[float]) -> str:
-    return f"{min(values):.2f}x" if len(values) == 1 or min(values) == max(values) else \
-        f"{min(values):.2f}-{max(values):.2f}x"
-
-
-def _measured_findings(section: dict) -> list[str]:
-    """Summary lines computed from this run's rows (batch-1 ratios to onnxruntime dense FP32)."""
-    rows = section["rows"]
-    lines = []
-    for runtime in section["versions"]:
-        parts = []
-        for variant in VARIANTS[1:]:
-            ratios = [r["speedup"] for r in rows if r["runtime"] == runtime and r["variant"] == variant
-                      and "speedup" in r]
-            if ratios:
-                parts.append(f"{variant} {_range(ratios)}")
-        if parts:
-            lines.append(f"- {runtime}, batch 1, over models and sizes: " + "; ".join(parts) + " of ORT dense FP32.")
-    study = section.get("threads") or []
-
-    def median(runtime: str, variant: str, setting: str) -> float | None:
-        found = [r["median_ms"] for r in study if r["runtime"] == runtime and r["variant"] == variant
-                 and r["setting"] == setting]
-        return found[0] if found else None
-
-    cores = section["threads_used"]
-    for variant in ("dense FP32", "pruned INT8 qdq"):
-        off = median("onnxruntime", variant, f"{cores} threads, spinning off")
-        on = median("onnxruntime", variant, f"{cores} threads, spinning on")
-        one = median("onnxruntime", variant, "1 threads, spinning off")
-        if off and on and one:
-            lines.append(f"- onnxruntime {variant}: {cores} threads spinning off {off:.1f} ms, on {on:.1f} ms; "
-                         f"1 thread {one:.1f} ms.")
-    for variant in ("dense FP32", "pruned INT8 integer"):
-        one, every = median("deepsparse", variant, "num_cores 1"), median("deepsparse", variant, f"num_cores {cores}")
-        if one and every:
-            lines.append(f"- DeepSparse {variant}: num_cores 1 {one:.1f} ms, num_cores {cores} {every:.1f} ms.")
-    by_activation: dict[str, list[dict]] = {}
-    for row in section.get("study") or []:
-        by_activation.setdefault(row["activation"], []).append(row)
-    if by_activation:
-        parts, spread = [], 0.0
-        for activation, group in by_activation.items():
-            times = [r["deepsparse_ms"] for r in group]
-            spread = max(spread, max(times) / min(times) - 1)
-            parts.append(f"{activation} {min(times):.1f}-{max(times):.1f} ms "
-                         f"({_range([r['speedup'] for r in group])} ORT dense)")
-        lines.append(f"- DeepSparse INT8 study (yolov5s, whole graph INT8): {', '.join(parts)}; within one "
-                     f"activation, sparsity (none to 4-block 81%) moves the latency by at most {spread:.0%}.")
-    return lines
-
-
-def _load(section: dict) -> str:
-    values = section.get("load_average") or []
-    return " / ".join(f"{v:.1f}" for v in values if v is not None) or "unknown"
-
-
-def _best_lines(rows: list[dict]) -> list[str]:
-    lines = []
-    for model, imgsz in sorted({(r["model"], r["imgsz"]) for r in rows}):
-        group = [r for r in rows if r["model"] == model and r["imgsz"] == imgsz and "speedup" in r]
-        if not group:
-            continue
-        best = max(group, key=lambda r: r["speedup"])
-        ort_int8 = [r for r in group if r["runtime"] == "onnxruntime" and "INT8" in r["variant"]]
-        best_ort = max(ort_int8, key=lambda r: r["speedup"]) if ort_int8 else None
-        runtime = best["runtime"] + (" (its bundled onnxruntime)" if best.get("deepsparse_compiled", 1) < 0.5 else "")
-        line = f"- {model} {imgsz}: {best['variant']} in {runtime}, {best['speedup']:.2f}x ORT dense FP32"
-        if best_ort:
-            line += f"; best onnxruntime INT8: {best_ort['variant']} {best_ort['speedup']:.2f}x"
-        lines.append(line)
-    return lines
+def runtime(quick: bool, data: str) -> dict:
+    """Speed of dense / pruned / pruned+INT8 ONNX files in each installed runtime."""
+    settings = Settings.quick() if quick else Settings()
+    settings.data = data
+    return run_section(settings, BENCH_DIR)

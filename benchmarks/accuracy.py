@@ -1,0 +1,334 @@
+"""The accuracy protocol: a dense yolov5n trained to convergence, then dense (the control) and sparse fine-tunes of
+it; recovery = sparse mAP@0.5:0.95 / max(start, control). See BENCHMARKS.md's accuracy section."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from benchmarks.runs import (
+    BENCH_DIR,
+    ROOT,
+    benchmark_args,
+    best_of,
+    metrics_of,
+    phase_minutes,
+    read_results,
+    run_minutes,
+    train_stage,
+)
+from benchmarks.runtime import BLOCK4
+from utils.metrics import fitness
+
+# Sparse fine-tunes of the dense model. All but relu_quant use recipes/yolov5n.pruned_quant.yaml scaled to
+# --finetune-epochs, with AdamW (the dense model's optimizer) at the learning rates below; "teacher": distil from the
+# dense model (--teacher-weights, the recipe's PerLayerDistillationModifier).
+# "even": the same total sparsity without the heavy/inner split (the two-group layout of the yolov5s recipes).
+# "block4": 4-block masks and Detect quantized too (BLOCK4): the layout DeepSparse runs fastest.
+SPARSE_VARIANTS = {
+    "pruned_quant": {"recipe_args": {}, "teacher": False},
+    "pruned_quant_distill": {"recipe_args": {}, "teacher": True},
+    "pruned_quant_distill_even": {"recipe_args": {"final_sparsity_heavy": 0.79, "final_sparsity_inner": 0.79,
+                                                  "final_sparsity_sensitive": 0.6}, "teacher": True},
+    # The speed-first file of the runtime section (its trained yolov5n 4-block rows come from this run).
+    "pruned_quant_block4": {"recipe_args": BLOCK4, "teacher": True},
+    # No pruning: the dense model converted to ReLU (models/yolov5n-relu.yaml; DeepSparse runs INT8 ReLU networks in
+    # ~25% less time than SiLU ones on this CPU), distilled, then QAT: recipes/yolov5n.relu_quant.yaml, whose
+    # learning-rate schedule is the control's.
+    "relu_quant": {"recipe_args": {}, "teacher": True, "cfg": "yolov5n-relu.yaml",
+                   "recipe": "recipes/yolov5n.relu_quant.yaml",
+                   "note": "--cfg yolov5n-relu.yaml, recipes/yolov5n.relu_quant.yaml (no pruning)"},
+}
+SPARSE_VARIANTS.update({
+    # What each step costs on its own: pruning alone (distilled like pruned_quant) and QAT alone.
+    "pruned_distill": {"recipe_args": {}, "teacher": True, "recipe": "recipes/yolov5n.pruned.yaml"},
+    "quant": {"recipe_args": {}, "teacher": False, "recipe": "recipes/yolov5n.quant.yaml"},
+    # The speed-first file: the dense model switched to ReLU (models/yolov5n-relu.yaml), pruned in blocks of 4 input
+    # channels to the recipe's default sparsities (~80% of this model's conv weights), then INT8 with Detect too.
+    "relu_block4_quant": {"recipe_args": {**BLOCK4, "final_sparsity_heavy": 0.88,
+                                          "final_sparsity_inner": 0.72, "final_sparsity_sensitive": 0.55},
+                          "teacher": True, "cfg": "yolov5n-relu.yaml",
+                          "note": "--cfg yolov5n-relu.yaml, 4-block, ~80% sparse, Detect INT8"},
+})
+SPARSE_VARIANTS.update({
+    # The sparsity Neural Magic ships for yolov5n (its `pruned40_quant` stub), for the trade-off against >= 75%:
+    # half the default sparsities, ~45% of this model's conv weights.
+    "pruned_quant_distill_light": {"recipe_args": {"final_sparsity_heavy": 0.5, "final_sparsity_inner": 0.4,
+                                                   "final_sparsity_sensitive": 0.3}, "teacher": True,
+                                   "note": "~45% sparse, Neural Magic's yolov5n level"},
+})
+DEFAULT_VARIANTS = ("pruned_quant_distill", "relu_block4_quant", "pruned_distill", "quant")
+FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
+# AdamW at two thirds of the dense run's lr0 (0.003), decaying to a quarter of that; QAT at 1e-4 -> 1e-6. One-off
+# runs kept more mAP with it than with 0.001 -> 0.0001 (recipes/README.md); the control gets the same schedule.
+# The biases warm up from init_lr, not from the recipes' 0.1 (an SGD value from scratch): AdamW steps ~lr per step
+# whatever the gradient: with 0.1 the control's first epoch fell from mAP@0.5:0.95 0.570 to 0.364, with 0.002 to
+# 0.445 (a fresh AdamW state perturbs a trained model either way; the run recovers over the following epochs).
+FINETUNE_ARGS = {"quantization_epochs": 4, "init_lr": 0.002, "final_lr": 0.0005, "qat_init_lr": 0.0001,
+                 "qat_final_lr": 1.0e-6, "biases_warmup_lr": 0.002}
+PRUNING_END = 0.4  # sparse runs: pruning ends at this fraction of the fine-tune (the recipe's 0.6 is for 100 epochs)
+# Sparse runs: the lowest sparsities of the recipe's layer groups that put >= 75% of this 6-class model's conv
+# weights at zero (77%; the recipe's defaults aim at 75% of an 80-class model, 80% of this one).
+SPARSITY_ARGS = {"final_sparsity_heavy": 0.85, "final_sparsity_inner": 0.7, "final_sparsity_sensitive": 0.5}
+# The protocol's dense model: one run from scratch under YOLOv5's schedule (the learning rate falls linearly to 1% of
+# lr0), on a problem small enough to converge on 2 CPU cores. Converged: over its last CONVERGENCE_WINDOW epochs the
+# best mAP@0.5:0.95 rose by less than CONVERGENCE_RISE (relative); the control fine-tune must not beat it by more.
+PROTOCOL_DATA, PROTOCOL_IMGSZ, PROTOCOL_EPOCHS, PROTOCOL_FINETUNE_EPOCHS = "data/shapes_tiny.yaml", 160, 300, 30
+CONVERGENCE_WINDOW, CONVERGENCE_RISE = 30, 0.01
+DENSE_CURVE = ROOT / "BENCHMARKS_dense_curve.png"  # the accuracy section's convergence plot, beside BENCHMARKS.md
+DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml"]
+# The scratch section: the dense run's command plus this recipe (no learning-rate modifiers, so YOLOv5's schedule
+# and warm-up run exactly as in the dense run), at the fine-tunes' sparsities (SPARSITY_ARGS).
+SCRATCH_RECIPE = "recipes/yolov5n.pruned_quant_scratch.yaml"
+SCRATCH_CURVE_POINTS = 6  # epochs at which the section lists both runs' mAP@0.5:0.95 (where the gap opens)
+
+# The control: the same fine-tune (epochs, optimizer, learning-rate modifiers of the pruned_quant recipe) with no
+# pruning, quantization or distillation, so that the dense model gets every epoch the sparse ones get.
+CONTROL_RECIPE = ROOT / "recipes" / "yolov5n.dense_finetune.yaml"
+
+
+def scratch_settings(common: list[str]) -> dict:
+    """The opt.yaml settings that a from-scratch run (DENSE_ARGS and ``common``) must match to be reused."""
+    flags = dict(zip(DENSE_ARGS[::2], DENSE_ARGS[1::2]))
+    return {"weights": flags["--weights"], "optimizer": flags["--optimizer"], "hyp": flags["--hyp"],
+            "cfg": flags["--cfg"], "imgsz": int(common[common.index("--imgsz") + 1]),
+            "data": common[common.index("--data") + 1]}
+
+
+def dense_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool]:
+    """Train the dense model, or reuse a finished run of the same settings (a rerun then trains only the
+    fine-tunes). Returns the run folder and whether it was reused."""
+    run_dir = project / "dense"
+    command = ["train.py", *DENSE_ARGS, "--epochs", str(epochs), "--name", "dense", *common]
+    expected = {**scratch_settings(common), "epochs": epochs}
+    return run_dir, train_stage(run_dir, epochs, expected, command, f"dense, {epochs} epochs")
+
+
+def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[str], recipe: Path,
+               recipe_args: dict) -> tuple[Path, bool]:
+    """A fine-tune of ``start`` for ``epochs`` epochs by ``recipe`` (AdamW), or a finished run of the same settings
+    in ``project/name`` (start, recipe, recipe variables, size, data), which is reused. Returns the folder and whether
+    it was reused. Used for the dense stages (the continued dense model, the control), whose recipes do not change."""
+    run_dir = project / name
+    expected = {"weights": str(start), "sparsification_recipe": str(recipe), "recipe_args": recipe_args,
+                "optimizer": "AdamW", "imgsz": int(common[common.index("--imgsz") + 1]),
+                "data": common[common.index("--data") + 1]}
+    command = ["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, "--sparsification-recipe",
+               str(recipe), "--recipe-args", json.dumps(recipe_args), "--name", name]
+    return run_dir, train_stage(run_dir, epochs, expected, command, f"{epochs} epochs from {start}")
+
+
+def recipe_variables(recipe: str | Path) -> set[str]:
+    """The names a recipe file defines at its top level (the variables --recipe-args may set)."""
+    text = (ROOT / recipe).read_text(encoding="utf-8") if not Path(recipe).is_absolute() else Path(recipe).read_text()
+    return set(re.findall(r"^([A-Za-z_]\w*):", text, flags=re.MULTILINE))
+
+
+def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sparse_args: dict,
+                    run_name: str | None = None) -> list[str]:
+    """train.py arguments of the fine-tune ``name`` (SPARSE_VARIANTS) from ``start``, into the run folder
+    ``run_name`` (default ``name``): its recipe (the pruned_quant one by default) with those of the benchmark's
+    learning-rate and pruning variables that the recipe defines."""
+    variant = SPARSE_VARIANTS[name]
+    recipe = variant.get("recipe", FINETUNE_RECIPE)
+    defined = recipe_variables(recipe)
+    recipe_args = {**{k: v for k, v in {**lr_args, **sparse_args}.items() if k in defined}, **variant["recipe_args"]}
+    teacher = ["--teacher-weights", str(start)] if variant["teacher"] else []
+    cfg = ["--cfg", variant["cfg"]] if variant.get("cfg") else []
+    return ["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, *cfg, "--sparsification-recipe",
+            recipe, "--recipe-args", json.dumps(recipe_args), *teacher, "--name", run_name or name]
+
+
+def variant_run(project: Path, name: str, start: Path, epochs: int, common: list[str], lr_args: dict,
+                sparse_args: dict, run_name: str | None = None) -> bool:
+    """Train the fine-tune ``name``, or reuse / resume a run of the same command in ``project/run_name``."""
+    run_name = run_name or name
+    command = variant_command(name, start, common, lr_args, sparse_args, run_name)
+
+    def flag(option: str) -> str | None:
+        return command[command.index(option) + 1] if option in command else None
+
+    expected = {"weights": str(start), "sparsification_recipe": flag("--sparsification-recipe"),
+                "recipe_args": json.loads(flag("--recipe-args")), "optimizer": "AdamW",
+                "imgsz": int(flag("--imgsz")), "data": flag("--data"),
+                "teacher_weights": flag("--teacher-weights") or "", **({"cfg": flag("--cfg")} if flag("--cfg") else {})}
+    return train_stage(project / run_name, epochs, expected, command, f"{name}, {epochs} epochs from {start}")
+
+
+def dense_convergence(rows: list[dict], window: int = CONVERGENCE_WINDOW) -> dict:
+    """Whether a run converged: the rise of its best mAP@0.5:0.95 over its last ``window`` epochs, relative."""
+    maps = [float(r["metrics/mAP_0.5:0.95"]) for r in rows]
+    before = max(maps[:-window], default=0.0)
+    best = max(maps, default=0.0)
+    rise = best / before - 1 if before > 0 else float("inf")
+    lr = [float(rows[-1][k]) for k in rows[-1] if k.startswith("x/lr")] if rows else []
+    return {"window": window, "best_before_window": before, "best": best, "rise": rise,
+            "converged": rise < CONVERGENCE_RISE, "final_lr": max(lr, default=0.0), "epochs": len(rows)}
+
+
+def plot_dense_curve(rows: list[dict], path: Path, window: int = CONVERGENCE_WINDOW) -> Path:
+    """mAP@0.5 and mAP@0.5:0.95 per epoch of the dense run, its last ``window`` epochs shaded, the learning rate on
+    a second axis: the picture that shows whether the dense side had converged."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = Figure(figsize=(8, 4.5), tight_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(epochs, [float(r["metrics/mAP_0.5"]) for r in rows], label="mAP@0.5")
+    ax.plot(epochs, [float(r["metrics/mAP_0.5:0.95"]) for r in rows], label="mAP@0.5:0.95")
+    if len(epochs) > window:
+        ax.axvspan(epochs[-window], epochs[-1], color="grey", alpha=0.2, label=f"last {window} epochs")
+    ax.set(xlabel="epoch", ylabel="mAP (val)", ylim=(0, 1), title="Dense yolov5n: the start of every fine-tune")
+    lr_axis = ax.twinx()
+    lr_axis.plot(epochs, [float(r.get("x/lr1", 0.0)) for r in rows], color="black", linewidth=0.8, linestyle=":",
+                 label="learning rate")
+    lr_axis.set_ylabel("learning rate")
+    handles = ax.get_legend_handles_labels()[0] + lr_axis.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower right")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def attempt_name(finetune_epochs: int, attempt: str | None = None) -> str:
+    """The name of a run of the protocol with other fine-tune settings ("" for the protocol itself): ``attempt``
+    when given, else ``e<epochs>`` for another fine-tune length. Its runs train in folders of their own
+    (``control_e60``, ...), so an attempt never replaces the protocol's runs."""
+    return attempt or ("" if finetune_epochs == PROTOCOL_FINETUNE_EPOCHS else f"e{finetune_epochs}")
+
+
+def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = PROTOCOL_DATA,
+             variants: tuple[str, ...] = DEFAULT_VARIANTS, project: Path = BENCH_DIR / "protocol",
+             curve: Path = DENSE_CURVE, finetune_overrides: dict | None = None, attempt: str = "") -> dict:
+    """The accuracy protocol: dense yolov5n trained to convergence (checked, and plotted to ``curve``); from its
+    best checkpoint (the start), the same fine-tune left dense (the control) and the recipe ``variants`` (see
+    SPARSE_VARIANTS). Finished runs of the same settings in ``project`` are reused, interrupted ones resumed.
+
+    Same budget: the control and each sparse run train ``finetune_epochs`` from the start with the same optimizer and
+    learning-rate schedule. Recovery divides a sparse run's mAP@0.5:0.95 by the better of the start and the control;
+    the control beating the start by more than CONVERGENCE_RISE would say the start had not converged.
+    ``finetune_overrides`` replace FINETUNE_ARGS values (learning rates, QAT length) for an ``attempt``.
+    """
+    project.mkdir(parents=True, exist_ok=True)
+    common = benchmark_args(data, imgsz, batch, project)
+    control_recipe = project / "control_recipe.yaml"
+    control_recipe.write_text(CONTROL_RECIPE.read_text(encoding="utf-8"), encoding="utf-8")
+    dense_dir, reused = dense_run(project, epochs, common)
+    dense_rows = read_results(dense_dir)
+    dense = best_of(dense_rows)
+    plot_dense_curve(dense_rows, curve)
+    start = dense_dir / "weights" / "best.pt"
+    lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS, **(finetune_overrides or {})}
+    suffix = f"_{attempt}" if attempt else ""
+    control_dir, control_reused = recipe_run(project, f"control{suffix}", start, finetune_epochs, common,
+                                             control_recipe, lr_args)
+    control = best_of(read_results(control_dir))
+    start_map, control_map = float(dense["metrics/mAP_0.5:0.95"]), float(control["metrics/mAP_0.5:0.95"])
+    baseline = max((dense, control), key=lambda r: float(fitness(metrics_of(r))[0]))
+    sparse_args = {**lr_args, "pruning_end_epoch": round(PRUNING_END * finetune_epochs, 2), **SPARSITY_ARGS}
+    result = {"protocol": 2, "data": data, "imgsz": imgsz, "dense_epochs": epochs, "finetune_epochs": finetune_epochs,
+              "optimizer": "AdamW", "finetune_args": sparse_args,
+              "start_map50": float(dense["metrics/mAP_0.5"]), "start_map": start_map,
+              "dense_best_epoch": int(dense["epoch"]), "dense_minutes": run_minutes(dense_dir),
+              "dense_reused": reused, "convergence": dense_convergence(dense_rows),
+              "curve": curve.relative_to(ROOT).as_posix() if curve.is_relative_to(ROOT) else str(curve),
+              "control_map50": float(control["metrics/mAP_0.5"]), "control_map": control_map,
+              "control_minutes": run_minutes(control_dir), "control_reused": control_reused,
+              "control_rise": control_map / max(start_map, 1e-9) - 1,
+              "baseline": "control" if baseline is control else "start",
+              "baseline_map": float(baseline["metrics/mAP_0.5:0.95"]), "sparse": []}
+    for name in variants:
+        variant = SPARSE_VARIANTS[name]
+        variant_run(project, name, start, finetune_epochs, common, lr_args, sparse_args, name + suffix)
+        rows = read_results(project / (name + suffix))
+        final_phase = rows[-1]["phase"]
+        sparse = best_of(rows, final_phase)
+        minutes = run_minutes(project / (name + suffix))
+        result["sparse"].append({
+            "name": name, "recipe": variant.get("recipe", FINETUNE_RECIPE),
+            "recipe_args": json.dumps(variant["recipe_args"]) if variant["recipe_args"] else "",
+            "note": variant.get("note", ""),
+            "teacher": variant["teacher"], "epochs": len(rows), "phase": final_phase,
+            "map50": float(sparse["metrics/mAP_0.5"]), "map": float(sparse["metrics/mAP_0.5:0.95"]),
+            "sparsity": float(sparse["sparsity"]),
+            "recovery": float(sparse["metrics/mAP_0.5:0.95"]) / max(result["baseline_map"], 1e-9),
+            "minutes": minutes,
+            "phase_minutes": phase_minutes(rows, minutes)})
+    return result
+
+
+def accuracy_markdown(a: dict) -> list[str]:
+    """The accuracy protocol's section: how the dense start was trained and whether it converged, then the table."""
+    c = a["convergence"]
+    verdict = ("converged: under the protocol's 1%" if c["converged"]
+               else "NOT converged: the protocol asks for under 1%, so recoveries below overstate the recipe")
+    control_verdict = ("which confirms it" if a["control_rise"] <= CONVERGENCE_RISE
+                       else "more than 1%: the start had not converged")
+    args = ", ".join(f"{k} {v}" for k, v in a["finetune_args"].items())
+    reused = "; a finished run of the same settings, reused" if a.get("dense_reused") else ""
+    control_reused = " (reused)" if a.get("control_reused") else ""
+    start, baseline = a["start_map"], a["baseline_map"]
+    lines = [f"## Dense vs pruned + quantized: the accuracy protocol (yolov5n, built-in shapes data: `{a['data']}`, "
+             f"{a['imgsz']} px)", "",
+             f"The start: dense yolov5n, {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`, "
+             f"YOLOv5's learning rate falling linearly to {c['final_lr']:.2g}; {a['dense_minutes']:.0f} min{reused}), "
+             f"best epoch {a['dense_best_epoch']}: mAP@0.5:0.95 {start:.3f}. Over its last {c['window']} epochs its "
+             f"best mAP@0.5:0.95 rose {c['rise']:.2%} ({c['best_before_window']:.3f} to {c['best']:.3f}): "
+             f"{verdict}. Curve: [{Path(a['curve']).name}]({a['curve']}).", "",
+             f"Fine-tunes of {a['finetune_epochs']} epochs from the start with AdamW and the learning-rate schedule of "
+             f"`{FINETUNE_RECIPE}` ({args}; each recipe takes the variables it defines). The control (that schedule, "
+             f"dense, no quantization{control_reused}) reached {a['control_map']:.3f}, {a['control_rise']:+.1%} "
+             f"over the start, {control_verdict}. Teacher: distilling from the start (`--teacher-weights`). "
+             f"Recovery = mAP@0.5:0.95 / the better of the start and the control (here the {a['baseline']}: "
+             f"{baseline:.3f}). Sparse rows: the best epoch of the run's final phase.", "",
+             "| model | recipe | teacher | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery (mAP@0.5:0.95) "
+             "| minutes (per phase) |", "|---|---|---|---|---|---|---|---|",
+             f"| dense (the start) | | | {a['start_map50']:.3f} | {start:.3f} | 0 | {start / baseline:.1%} | "
+             f"{a['dense_minutes']:.0f} |",
+             f"| start + fine-tune (control) | | | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
+             f"{a['control_map'] / baseline:.1%} | {a['control_minutes']:.0f} |"]
+    for r in a["sparse"]:
+        what = f"`{r['recipe']}`" + (f" `{r['recipe_args']}`" if r["recipe_args"] else "")
+        what += f" ({r['note']})" if r.get("note") else ""
+        lines.append(f"| {r['name']}{' *' if r.get('kept_from') else ''} | {what} | "
+                     f"{'the start' if r['teacher'] else ''} | {r['map50']:.3f} | {r['map']:.3f} | "
+                     f"{r['sparsity']:.3f} | {r['recovery']:.1%} | {r['minutes']:.0f} ({r['phase_minutes']}) |")
+    origins = sorted({r["kept_from"] for r in a["sparse"] if r.get("kept_from")})
+    if origins:
+        lines += ["", "\\* trained by an earlier run of the section with the same dense start: "
+                  + "; ".join(origins) + "."]
+    return [*lines, ""]
+
+
+def attempt_markdown(a: dict) -> list[str]:
+    """An attempt at the protocol's target with a longer fine-tune: its command, its own control and its rows,
+    recovery against the better of the start and that control."""
+    changed = ", ".join(f"{k} {v}" for k, v in a.get("overrides", {}).items())
+    lines = [f"### Attempt {a.get('attempt', '')}: fine-tunes of {a['finetune_epochs']} epochs"
+             + (f", {changed}" if changed else ""), "",
+             f"Measured by `{a['command']}`, {a['date']}, on {a['machine']}. The same start; pruning ends at epoch "
+             f"{a['finetune_args'].get('pruning_end_epoch')}, the other arguments as above. Control: "
+             f"{a['control_map']:.3f} ({a['control_rise']:+.1%} over the start); recovery against the "
+             f"{a['baseline']} ({a['baseline_map']:.3f}).", "",
+             "| model | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery (mAP@0.5:0.95) | minutes |",
+             "|---|---|---|---|---|---|",
+             f"| control | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
+             f"{a['control_map'] / a['baseline_map']:.1%} | {a['control_minutes']:.0f} |"]
+    lines += [f"| {r['name']} | {r['map50']:.3f} | {r['map']:.3f} | {r['sparsity']:.3f} | {r['recovery']:.1%} | "
+              f"{r['minutes']:.0f} |" for r in a["sparse"]]
+    return [*lines, ""]
+
+
+def keep_other_variants(previous: dict | None, result: dict, origin: str) -> dict:
+    """``result`` plus the sparse rows of ``previous`` (an earlier accuracy section, run by ``origin``) for variants
+    this run did not train, when both start from the same dense stages (same data, sizes, epochs, fine-tune
+    arguments and dense results): ``--variants X`` then adds X to the table instead of replacing it."""
+    same = ("data", "imgsz", "dense_epochs", "finetune_epochs", "finetune_args", "start_map", "control_map")
+    if not previous or any(previous.get(key) != result.get(key) for key in same):
+        return result
+    names = {row["name"] for row in result["sparse"]}
+    kept = [{**row, "kept_from": row.get("kept_from") or origin} for row in previous.get("sparse", [])
+            if row["name"] not in names]
+    return {**result, "sparse": kept + result["sparse"]}
