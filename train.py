@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -273,16 +274,44 @@ def reseed_loader(loader: torch.utils.data.DataLoader, seed: int, epoch: int) ->
 
 
 # --------------------------------------------------------------------------------------------------------- epoch
-def apply_epoch_directives(directives: EpochDirectives, ema: ModelEMA | None, state: RunState,
-                           scaler: torch.amp.GradScaler) -> ModelEMA | None:
+@dataclass
+class TrainingLoop:
+    """What every epoch works with, built once per run; ``RunState`` holds what changes from epoch to epoch."""
+
+    model: nn.Module  # DDP-wrapped when distributed
+    loader: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Any  # torch.amp.GradScaler, or the recipe's wrapper of it
+    compute_loss: ComputeLoss
+    sparsifier: Sparsifier
+    ema: ModelEMA | None  # None on ranks other than 0; QAT switches it off through RunState.ema_enabled
+    epochs: int
+    batch_size: int
+    imgsz: int
+    device: torch.device
+    warmup: dict | None = None
+    multi_scale: bool = False
+    grid_size: int = 32
+    is_main: bool = True
+
+    def active_ema(self, state: RunState) -> ModelEMA | None:
+        """The EMA while it runs: None on other ranks and once the recipe switched it off."""
+        return self.ema if self.ema is not None and state.ema_enabled else None
+
+    def eval_model(self, state: RunState) -> nn.Module:
+        """The weights to validate and to judge best.pt by: the EMA while it runs, else the model itself."""
+        ema = self.active_ema(state)
+        return ema.ema if ema is not None else unwrap(self.model)
+
+
+def apply_epoch_directives(directives: EpochDirectives, state: RunState, scaler: torch.amp.GradScaler) -> None:
     """Do what the recipe asks at an epoch start (QAT: EMA, AMP and loss scaling off; a new phase restarts best
-    fitness). Returns the EMA the loop keeps updating: None once the recipe turned it off.
-    """
+    fitness), recording it in ``state``, which checkpoints carry."""
     for note in directives.notes:
         LOGGER.info("recipe: %s", note)
-    if directives.disable_ema and ema is not None:
+    if directives.disable_ema and state.ema_enabled:
         LOGGER.info("quantization-aware training starts: EMA off")
-        ema, state.ema_enabled = None, False
+        state.ema_enabled = False
     if directives.disable_amp and state.amp_enabled:
         LOGGER.info("quantization-aware training starts: AMP off")
         state.amp_enabled = False
@@ -295,22 +324,19 @@ def apply_epoch_directives(directives: EpochDirectives, ema: ModelEMA | None, st
         LOGGER.info("phase %s -> %s: best fitness restarts", state.phase, directives.phase)
         state.phase = directives.phase
         state.best_fitness = 0.0
-    return ema
 
 
-def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler, compute_loss: ComputeLoss,
-                    ema: ModelEMA | None, sparsifier: Sparsifier, state: RunState, epoch: int, epochs: int,
-                    hyp: dict, batch_size: int, imgsz: int, warmup: dict | None, multi_scale: bool,
-                    grid_size: int, device: torch.device, is_main: bool,
-                    batch_plots: Path | None = None) -> torch.Tensor:
+def train_one_epoch(loop: TrainingLoop, state: RunState, epoch: int, batch_plots: Path | None = None) -> torch.Tensor:
     """One pass over the training data; returns the mean (box, obj, cls) loss. With ``batch_plots`` (a folder), the
     first three batches are drawn with their labels to train_batch0-2.jpg, as Ultralytics does in a run's first
     epoch: a look at what the augmentation feeds the model."""
+    model, optimizer, scaler, device = loop.model, loop.optimizer, loop.scaler, loop.device
+    ema = loop.active_ema(state)
     model.train()
-    num_batches = len(loader)
-    accumulate = max(round(NOMINAL_BATCH_SIZE / batch_size), 1)
+    num_batches = len(loop.loader)
+    accumulate = max(round(NOMINAL_BATCH_SIZE / loop.batch_size), 1)
     mean_loss = torch.zeros(3, device=device)
-    progress = tqdm(enumerate(loader), total=num_batches, disable=not is_main,
+    progress = tqdm(enumerate(loop.loader), total=num_batches, disable=not loop.is_main,
                     bar_format="{l_bar}{bar:10}{r_bar}", file=sys.stdout)
     optimizer.zero_grad()
     for i, (images, targets, paths, _shapes) in progress:
@@ -318,20 +344,16 @@ def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimize
         if batch_plots is not None and i < 3:
             plot_images(images, targets, paths, batch_plots / f"train_batch{i}.jpg", unwrap(model).names)
         images = images.to(device, non_blocking=True).float() / 255
-        if warmup and step <= warmup["steps"]:
-            accumulate = warmup_step(optimizer, step, warmup, epoch, batch_size)
-        if multi_scale:
-            size = int(np.random.uniform(imgsz * 0.5, imgsz * 1.5 + grid_size)) // grid_size * grid_size
-            factor = size / max(images.shape[2:])
-            if factor != 1:
-                new_shape = [math.ceil(x * factor / grid_size) * grid_size for x in images.shape[2:]]
-                images = nn.functional.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
+        if loop.warmup and step <= loop.warmup["steps"]:
+            accumulate = warmup_step(optimizer, step, loop.warmup, epoch, loop.batch_size)
+        if loop.multi_scale:
+            images = random_rescale(images, loop.imgsz, loop.grid_size)
 
         with torch.autocast(device_type=device.type, enabled=state.amp_enabled):
             predictions = model(images)
-            loss, loss_items = compute_loss(predictions, targets.to(device))
+            loss, loss_items = loop.compute_loss(predictions, targets.to(device))
         # distillation outside autocast: the teacher runs and the feature errors are squared in float32
-        loss = sparsifier.loss_computed(loss, predictions, images, targets)
+        loss = loop.sparsifier.loss_computed(loss, predictions, images, targets)
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss at epoch {epoch}, batch {i} ({loss_items.tolist()}); stopping "
                                 f"before any NaN weights are saved. Lower the learning rate (--hyp) or check labels.")
@@ -347,17 +369,27 @@ def train_one_epoch(*, model: nn.Module, loader, optimizer: torch.optim.Optimize
             optimizer.zero_grad()
             if ema is not None:
                 ema.update(model)
-            sparsifier.after_optimizer_step(unwrap(model), ema.ema if ema is not None else None)
+            loop.sparsifier.after_optimizer_step(unwrap(model), ema.ema if ema is not None else None)
             state.last_optimizer_step = step
         else:
-            sparsifier.skipped_step()
+            loop.sparsifier.skipped_step()
 
-        if is_main:
+        if loop.is_main:
             mean_loss = (mean_loss * i + loss_items) / (i + 1)
             progress.set_description(
-                ("%11s" * 2 + "%11.4g" * 5) % (f"{epoch}/{epochs - 1}", state.phase, *mean_loss.tolist(),
+                ("%11s" * 2 + "%11.4g" * 5) % (f"{epoch}/{loop.epochs - 1}", state.phase, *mean_loss.tolist(),
                                                targets.shape[0], images.shape[-1]))
     return mean_loss
+
+
+def random_rescale(images: torch.Tensor, imgsz: int, grid_size: int) -> torch.Tensor:
+    """--multi-scale: the batch resized to a random multiple of the grid between 0.5x and 1.5x the image size."""
+    size = int(np.random.uniform(imgsz * 0.5, imgsz * 1.5 + grid_size)) // grid_size * grid_size
+    factor = size / max(images.shape[2:])
+    if factor == 1:
+        return images
+    new_shape = [math.ceil(x * factor / grid_size) * grid_size for x in images.shape[2:]]
+    return nn.functional.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
 
 
 def warmup_step(optimizer: torch.optim.Optimizer, step: int, warmup: dict, epoch: int, batch_size: int) -> int:
@@ -374,17 +406,16 @@ def warmup_step(optimizer: torch.optim.Optimizer, step: int, warmup: dict, epoch
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
-def write_checkpoints(*, save_dir: Path, model: nn.Module, ema: ModelEMA | None, optimizer, scaler, epoch: int,
-                      epochs: int, state: RunState, fitness_value: float, improved: bool, phase_improved: bool,
-                      sparsifier: Sparsifier, opt: argparse.Namespace, hyp: dict) -> None:
+def write_checkpoints(loop: TrainingLoop, state: RunState, *, save_dir: Path, epoch: int, fitness_value: float,
+                      improved: bool, phase_improved: bool, opt: argparse.Namespace, hyp: dict) -> None:
     """last.pt every epoch; best.pt and best_<phase>.pt on improvement; epoch<n>.pt every --save-period."""
-    final = epoch + 1 == epochs
-    bare = unwrap(model)
-    scaler_state = scaler.state_dict() if hasattr(scaler, "state_dict") else None
+    final = epoch + 1 == loop.epochs
+    bare, ema, sparsifier = unwrap(loop.model), loop.active_ema(state), loop.sparsifier
+    scaler_state = loop.scaler.state_dict() if hasattr(loop.scaler, "state_dict") else None
     checkpoint = build_checkpoint(
         model_yaml=bare.yaml, names=bare.names, model_state=float_state_dict(bare),
         ema_state=float_state_dict(ema.ema) if ema is not None else None,
-        ema_updates=ema.updates if ema is not None else 0, optimizer_state=optimizer.state_dict(),
+        ema_updates=ema.updates if ema is not None else 0, optimizer_state=loop.optimizer.state_dict(),
         scaler_state=scaler_state, epoch=epoch, best_fitness=state.best_fitness,
         phase_best_fitness=state.phase_best_fitness, options={**vars(opt), "phase": state.phase,
                                                               "ema_enabled": state.ema_enabled,
@@ -441,8 +472,15 @@ def conv_sparsity(model: nn.Module) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------------ train
+def with_options(opt: argparse.Namespace, **changes: Any) -> argparse.Namespace:
+    """A copy of ``opt`` with ``changes``: what a run decides (its folder, its epochs) goes into a new options object
+    that checkpoints record, and the caller's ``opt`` is never written."""
+    return argparse.Namespace(**{**vars(opt), **changes})
+
+
 def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
-    """Run a whole training; returns final metrics and where the outputs are."""
+    """Run a whole training; returns final metrics and where the outputs are. Stages: options, run folder, data,
+    model (with recipe and teacher), optimizer and data loaders, the loop's objects, the epochs, the closing report."""
     resume_checkpoint = None
     if opt.resume:
         opt, resume_checkpoint = resolve_resume(opt)
@@ -450,30 +488,102 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     device = select_device(opt.device, context)
     init_process_group(context, device)
     seed_everything(opt.seed + 1 + context.rank)
+    opt, save_dir = prepare_run_dir(opt, hyp, context, resumed=resume_checkpoint is not None)
+    data, names = read_dataset(opt)
+    opt, sparsifier, model, teacher = build_model_and_recipe(opt, hyp, names, resume_checkpoint, device, save_dir,
+                                                             context)
+    grid_size = check_image_size(model, opt.imgsz)
+    optimizer = build_optimizer_for(model, opt, hyp)
+    train_loader, val_loader = build_loaders(opt, hyp, data, names, model, grid_size, save_dir, context,
+                                             resumed=resume_checkpoint is not None)
+    opt, loop, state, scheduler = build_loop(opt, hyp, model, optimizer, train_loader, sparsifier, teacher,
+                                             resume_checkpoint, grid_size, device, context)
+    compute_loss = loop.compute_loss
+    results_file = save_dir / "results.csv"
+    tensorboard = None
+    if context.is_main:
+        truncate_results(results_file, state.start_epoch)
+        tensorboard = TensorBoardLogger(save_dir)
+    LOGGER.info("image sizes %d train, %d val; %d dataloader workers; logging to %s; training for %d epochs%s",
+                opt.imgsz, opt.imgsz, getattr(train_loader, "num_workers", 0), save_dir, loop.epochs,
+                f" (starting at epoch {state.start_epoch})" if state.start_epoch else "")
 
-    if resume_checkpoint:
+    patience_left, stop = opt.patience, False
+    results = (0.0,) * 7
+    t0 = time.time()
+    for epoch in range(state.start_epoch, loop.epochs):
+        epoch_started = time.time()
+        apply_epoch_directives(sparsifier.epoch_start(epoch), state, loop.scaler)
+        reseed_loader(train_loader, opt.seed, epoch)
+        mean_loss = train_one_epoch(
+            loop, state, epoch, batch_plots=save_dir if context.is_main and not opt.noplots and epoch == 0 else None)
+        check_weights_finite(loop, state, epoch, save_dir)
+        end_phase(sparsifier, state, epoch)
+        learning_rates = [group["lr"] for group in optimizer.param_groups]
+        if scheduler is not None:
+            scheduler.step()
+        if context.is_main:
+            results, improved = end_epoch(loop, state, epoch, opt, hyp, data, val_loader, save_dir, results,
+                                          mean_loss, learning_rates, tensorboard, epoch_started)
+            patience_left = opt.patience if improved else patience_left - 1
+            if patience_left <= 0 and not sparsifier.enabled:
+                LOGGER.info("stopping early: no improvement in the last %d epochs (--patience)", opt.patience)
+                stop = True
+        if context.enabled:
+            flag = [stop]
+            torch.distributed.broadcast_object_list(flag, 0)
+            stop = flag[0]
+        if stop:
+            break
+
+    sparsifier.finalize(unwrap(loop.model))
+    summary = {"save_dir": str(save_dir), "epochs": loop.epochs, "hours": (time.time() - t0) / 3600,
+               "metrics": dict(zip(RESULT_COLUMNS[4:8], results[:4]))}
+    if context.is_main:
+        summary.update(finish_run(save_dir, data, opt, compute_loss, val_loader, loop.batch_size))
+        tensorboard.log_images(save_dir, loop.epochs - 1)
+        tensorboard.close()
+    if context.enabled:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+def prepare_run_dir(opt: argparse.Namespace, hyp: dict, context: DistributedContext,
+                    resumed: bool) -> tuple[argparse.Namespace, Path]:
+    """The run folder (runs/train/exp<n>, or the resumed run's own) with hyp.yaml, opt.yaml and train.log."""
+    if resumed:
         save_dir = Path(opt.save_dir)
         for stale in (save_dir / "weights").glob(".*.tmp"):  # a checkpoint write that a kill interrupted
             stale.unlink(missing_ok=True)
     else:
         save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
-        opt.save_dir = str(save_dir)
+        opt = with_options(opt, save_dir=str(save_dir))
     if context.is_main:
         (save_dir / "weights").mkdir(parents=True, exist_ok=True)
         with open(save_dir / "hyp.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(hyp, f, sort_keys=False)
         write_options(save_dir, opt)
         logging.getLogger().addHandler(logging.FileHandler(save_dir / "train.log", encoding="utf-8"))
+    return opt, save_dir
 
+
+def read_dataset(opt: argparse.Namespace) -> tuple[dict, list[str]]:
+    """The dataset YAML, checked (and downloaded where it says how), and the class names training uses."""
     data = check_dataset(opt.data, require_train=True)
-    nc = 1 if opt.single_cls else int(data["nc"])
     names = [data["names"][i] for i in sorted(data["names"])]
     if opt.single_cls and len(names) != 1:
         names = ["item"]
+    return data, names
 
+
+def build_model_and_recipe(opt: argparse.Namespace, hyp: dict, names: list[str], resume_checkpoint: dict | None,
+                           device: torch.device, save_dir: Path, context: DistributedContext
+                           ) -> tuple[argparse.Namespace, Sparsifier, DetectionModel, nn.Module | None]:
+    """The recipe's Sparsifier, the model it is checked against, and the distillation teacher."""
     sparsifier = create_sparsifier(opt.sparsification_recipe, opt.recipe_args,
                                    requested_epochs=None if resume_checkpoint else opt.epochs)
-    model, source_checkpoint = build_model(opt, nc, hyp, resume_checkpoint, device)
+    model, source_checkpoint = build_model(opt, len(names), hyp, resume_checkpoint, device)
     model.names = names
     sparsifier.model_built(model, (source_checkpoint or {}).get("sparsification") or None,
                            resume=resume_checkpoint is not None)
@@ -482,24 +592,38 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
         if resume_checkpoint:  # a run of an older version, which did not keep its 'self' teacher
             LOGGER.info("--teacher-weights self: the teacher is the model as resumed, not as the run first started")
         else:  # kept, and named in the run's options, so that --resume distils from the same teacher
-            opt.teacher_weights = str(save_dir / "weights" / "teacher.pt")
+            opt = with_options(opt, teacher_weights=str(save_dir / "weights" / "teacher.pt"))
             if context.is_main:
                 save_teacher(teacher, names, opt.teacher_weights)
                 write_options(save_dir, opt)
                 LOGGER.info("--teacher-weights self: the starting model is kept as %s", opt.teacher_weights)
     freeze_layers(model, opt.freeze)
     LOGGER.info(model.info())
+    return opt, sparsifier, model, teacher
 
+
+def check_image_size(model: DetectionModel, imgsz: int) -> int:
+    """The grid images are padded to (the model's largest stride, at least 32); --imgsz must be a multiple of it."""
     grid_size = max(int(model.stride.max()), 32)
-    if opt.imgsz % grid_size:
-        lower, upper = opt.imgsz // grid_size * grid_size, (opt.imgsz // grid_size + 1) * grid_size
-        raise TrainingError(f"--imgsz {opt.imgsz} must be a multiple of the model's max stride {grid_size}; "
+    if imgsz % grid_size:
+        lower, upper = imgsz // grid_size * grid_size, (imgsz // grid_size + 1) * grid_size
+        raise TrainingError(f"--imgsz {imgsz} must be a multiple of the model's max stride {grid_size}; "
                             f"use {max(lower, grid_size)} or {upper}")
-    batch_size = opt.batch_size // context.world_size
+    return grid_size
+
+
+def build_optimizer_for(model: nn.Module, opt: argparse.Namespace, hyp: dict) -> torch.optim.Optimizer:
+    """--optimizer with YOLOv5's weight decay scaled to the nominal batch size of 64."""
     accumulate = max(round(NOMINAL_BATCH_SIZE / opt.batch_size), 1)
     weight_decay = hyp["weight_decay"] * opt.batch_size * accumulate / NOMINAL_BATCH_SIZE
-    optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
+    return build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
 
+
+def build_loaders(opt: argparse.Namespace, hyp: dict, data: dict, names: list[str], model: DetectionModel,
+                  grid_size: int, save_dir: Path, context: DistributedContext, resumed: bool) -> tuple[Any, Any]:
+    """The training loader (its labels checked, the anchors fitted to them) and, on rank 0, the validation loader."""
+    nc = len(names) if opt.single_cls else int(data["nc"])
+    batch_size = opt.batch_size // context.world_size
     train_loader, train_dataset = create_dataloader(
         data["train"], opt.imgsz, batch_size, grid_size, hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect,
         rank=context.local_rank, workers=opt.workers, shuffle=True, prefix="train: ", single_cls=opt.single_cls,
@@ -510,17 +634,25 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     max_label_class = max((int(lb[:, 0].max()) for lb in train_dataset.labels if len(lb)), default=-1)
     if max_label_class >= nc:
         raise TrainingError(f"{opt.data}: label class {max_label_class} exceeds nc={nc}; fix the labels or names")
-    if context.is_main and not resume_checkpoint and not opt.noautoanchor:  # DDP copies rank 0's anchors
+    if context.is_main and not resumed and not opt.noautoanchor:  # DDP copies rank 0's anchors
         check_anchors(train_dataset, model, hyp["anchor_t"], opt.imgsz)
     val_loader = None
-    if context.is_main and not opt.noplots and not resume_checkpoint:
+    if context.is_main and not opt.noplots and not resumed:
         plot_labels(train_dataset.labels, names, save_dir / "labels.jpg")
     if context.is_main:
         val_loader, _ = create_dataloader(
             data["val"], opt.imgsz, batch_size * 2, grid_size, hyp=hyp, augment=False, cache=opt.cache, rect=True,
             rank=-1, workers=opt.workers, shuffle=False, prefix="val: ", single_cls=opt.single_cls, pad=0.5,
             nc=int(data["nc"]))
+    return train_loader, val_loader
 
+
+def build_loop(opt: argparse.Namespace, hyp: dict, model: DetectionModel, optimizer: torch.optim.Optimizer,
+               train_loader: Any, sparsifier: Sparsifier, teacher: nn.Module | None, resume_checkpoint: dict | None,
+               grid_size: int, device: torch.device, context: DistributedContext
+               ) -> tuple[argparse.Namespace, TrainingLoop, RunState, Any]:
+    """AMP, EMA and the run state (restored on resume), the recipe's plan (epochs, who owns the learning rate), the
+    YOLOv5 scheduler and warm-up when the recipe leaves the learning rate alone, DDP, and the loss."""
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     state = RunState(amp_enabled=amp)
@@ -528,15 +660,13 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     default_epochs = opt.epochs if opt.epochs is not None else 100
     if resume_checkpoint:
         state = restore_run_state(resume_checkpoint, optimizer, scaler, ema, model)
-        ema = ema if state.ema_enabled else None
     plan = sparsifier.optimizer_built(unwrap(model), optimizer, scaler, steps_per_epoch=len(train_loader),
                                       start_epoch=state.start_epoch, default_epochs=default_epochs, teacher=teacher)
-    scaler, epochs = plan.scaler, plan.epochs
-    opt.epochs = epochs
+    opt = with_options(opt, epochs=plan.epochs)
     for note in plan.notes:
         LOGGER.info("recipe: %s", note)
 
-    lf = lr_lambda(epochs, hyp["lrf"], opt.cos_lr)
+    lf = lr_lambda(plan.epochs, hyp["lrf"], opt.cos_lr)
     scheduler = None
     if not plan.owns_learning_rate:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
@@ -557,89 +687,60 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[context.local_rank] if device.type == "cuda" else None)
-
     bare = unwrap(model)
-    bare.hyp = scale_loss_gains(hyp, bare.detect.nl, nc, opt.imgsz, opt.label_smoothing)
-    compute_loss = ComputeLoss(bare)
-    results_file = save_dir / "results.csv"
-    if context.is_main:
-        truncate_results(results_file, state.start_epoch)
-        tensorboard = TensorBoardLogger(save_dir)
-    LOGGER.info("image sizes %d train, %d val; %d dataloader workers; logging to %s; training for %d epochs%s",
-                opt.imgsz, opt.imgsz, getattr(train_loader, "num_workers", 0), save_dir, epochs,
-                f" (starting at epoch {state.start_epoch})" if state.start_epoch else "")
+    bare.hyp = scale_loss_gains(hyp, bare.detect.nl, bare.detect.nc, opt.imgsz, opt.label_smoothing)
+    loop = TrainingLoop(model=model, loader=train_loader, optimizer=optimizer, scaler=plan.scaler,
+                        compute_loss=ComputeLoss(bare), sparsifier=sparsifier, ema=ema, epochs=plan.epochs,
+                        batch_size=opt.batch_size // context.world_size, imgsz=opt.imgsz, device=device,
+                        warmup=warmup, multi_scale=opt.multi_scale, grid_size=grid_size, is_main=context.is_main)
+    return opt, loop, state, scheduler
 
-    patience_left, stop = opt.patience, False
-    results = (0.0,) * 7
-    t0 = time.time()
-    for epoch in range(state.start_epoch, epochs):
-        epoch_started = time.time()
-        ema = apply_epoch_directives(sparsifier.epoch_start(epoch), ema, state, scaler)
-        reseed_loader(train_loader, opt.seed, epoch)
-        mean_loss = train_one_epoch(
-            model=model, loader=train_loader, optimizer=optimizer, scaler=scaler, compute_loss=compute_loss,
-            ema=ema, sparsifier=sparsifier, state=state, epoch=epoch, epochs=epochs, hyp=hyp,
-            batch_size=batch_size, imgsz=opt.imgsz, warmup=warmup, multi_scale=opt.multi_scale,
-            grid_size=grid_size, device=device, is_main=context.is_main,
-            batch_plots=save_dir if context.is_main and not opt.noplots and epoch == 0 else None)
-        if not weights_finite(bare) or (ema is not None and not weights_finite(ema.ema)):
-            raise TrainingError(f"non-finite weights after epoch {epoch}; stopping before they are saved, the last "
-                                f"good checkpoint stays in {save_dir / 'weights'}. Lower the learning rate (--hyp).")
-        reached = sparsifier.phase_reached(epoch)
-        if reached != state.phase:  # e.g. QAT starts after this epoch's last optimizer step (few steps per epoch)
-            LOGGER.info("recipe: epoch %d ends in phase %s (%s begins at a later step)", epoch, reached, state.phase)
-            state.phase = reached
-            state.best_fitness = state.phase_best_fitness.get(reached, 0.0)
-        learning_rates = [group["lr"] for group in optimizer.param_groups]
-        if scheduler is not None:
-            scheduler.step()
 
-        if context.is_main:
-            final_epoch = epoch + 1 == epochs
-            eval_model = ema.ema if ema is not None else bare
-            if not opt.noval or final_epoch:
-                results, _maps, _ = validate_module.run(
-                    data=data, model=eval_model, dataloader=val_loader, batch_size=batch_size * 2, imgsz=opt.imgsz,
-                    single_cls=opt.single_cls, save_dir=save_dir, plots=False, compute_loss=compute_loss,
-                    half=False, verbose=False)
-            fitness_value = float(fitness(np.array(results).reshape(1, -1))[0])
-            improved = fitness_value >= state.best_fitness
-            state.best_fitness = max(state.best_fitness, fitness_value)
-            phase_improved = fitness_value >= state.phase_best_fitness.get(state.phase, -1.0)
-            if phase_improved:
-                state.phase_best_fitness[state.phase] = fitness_value
-            state.train_seconds += time.time() - epoch_started
-            row = {"epoch": epoch, **dict(zip(RESULT_COLUMNS[1:4], mean_loss.tolist())),
-                   **dict(zip(RESULT_COLUMNS[4:11], results)), **dict(zip(RESULT_COLUMNS[11:14], learning_rates)),
-                   "phase": state.phase, "sparsity": round(conv_sparsity(eval_model), 4)}
-            append_results(results_file, row)
-            tensorboard.log_epoch(epoch, row, eval_model)
-            if not opt.nosave or final_epoch:
-                write_checkpoints(save_dir=save_dir, model=model, ema=ema, optimizer=optimizer, scaler=scaler,
-                                  epoch=epoch, epochs=epochs, state=state, fitness_value=fitness_value,
-                                  improved=improved, phase_improved=phase_improved, sparsifier=sparsifier,
-                                  opt=opt, hyp=hyp)
-            patience_left = opt.patience if improved else patience_left - 1
-            if patience_left <= 0 and not sparsifier.enabled:
-                LOGGER.info("stopping early: no improvement in the last %d epochs (--patience)", opt.patience)
-                stop = True
-        if context.enabled:
-            flag = [stop]
-            torch.distributed.broadcast_object_list(flag, 0)
-            stop = flag[0]
-        if stop:
-            break
+def check_weights_finite(loop: TrainingLoop, state: RunState, epoch: int, save_dir: Path) -> None:
+    """Stop before non-finite weights reach a checkpoint."""
+    ema = loop.active_ema(state)
+    if not weights_finite(unwrap(loop.model)) or (ema is not None and not weights_finite(ema.ema)):
+        raise TrainingError(f"non-finite weights after epoch {epoch}; stopping before they are saved, the last "
+                            f"good checkpoint stays in {save_dir / 'weights'}. Lower the learning rate (--hyp).")
 
-    sparsifier.finalize(bare)
-    summary = {"save_dir": str(save_dir), "epochs": epochs, "hours": (time.time() - t0) / 3600,
-               "metrics": dict(zip(RESULT_COLUMNS[4:8], results[:4]))}
-    if context.is_main:
-        summary.update(finish_run(save_dir, data, opt, compute_loss, val_loader, batch_size))
-        tensorboard.log_images(save_dir, epochs - 1)
-        tensorboard.close()
-    if context.enabled:
-        torch.distributed.destroy_process_group()
-    return summary
+
+def end_phase(sparsifier: Sparsifier, state: RunState, epoch: int) -> None:
+    """Label the epoch with the phase its last step ran in (QAT may start after an epoch's last optimizer step)."""
+    reached = sparsifier.phase_reached(epoch)
+    if reached != state.phase:
+        LOGGER.info("recipe: epoch %d ends in phase %s (%s begins at a later step)", epoch, reached, state.phase)
+        state.phase = reached
+        state.best_fitness = state.phase_best_fitness.get(reached, 0.0)
+
+
+def end_epoch(loop: TrainingLoop, state: RunState, epoch: int, opt: argparse.Namespace, hyp: dict, data: dict,
+              val_loader: Any, save_dir: Path, results: tuple, mean_loss: torch.Tensor, learning_rates: list[float],
+              tensorboard: TensorBoardLogger, epoch_started: float) -> tuple[tuple, bool]:
+    """Rank 0 after an epoch: validate, append results.csv and TensorBoard, write the checkpoints. Returns the
+    metrics (the previous ones when --noval skips this epoch) and whether fitness improved."""
+    final_epoch = epoch + 1 == loop.epochs
+    eval_model = loop.eval_model(state)
+    if not opt.noval or final_epoch:
+        results = validate_module.run(
+            data=data, model=eval_model, dataloader=val_loader, batch_size=loop.batch_size * 2, imgsz=opt.imgsz,
+            single_cls=opt.single_cls, save_dir=save_dir, plots=False, compute_loss=loop.compute_loss,
+            half=False, verbose=False).metrics
+    fitness_value = float(fitness(np.array(results).reshape(1, -1))[0])
+    improved = fitness_value >= state.best_fitness
+    state.best_fitness = max(state.best_fitness, fitness_value)
+    phase_improved = fitness_value >= state.phase_best_fitness.get(state.phase, -1.0)
+    if phase_improved:
+        state.phase_best_fitness[state.phase] = fitness_value
+    state.train_seconds += time.time() - epoch_started
+    row = {"epoch": epoch, **dict(zip(RESULT_COLUMNS[1:4], mean_loss.tolist())),
+           **dict(zip(RESULT_COLUMNS[4:11], results)), **dict(zip(RESULT_COLUMNS[11:14], learning_rates)),
+           "phase": state.phase, "sparsity": round(conv_sparsity(eval_model), 4)}
+    append_results(save_dir / "results.csv", row)
+    tensorboard.log_epoch(epoch, row, eval_model)
+    if not opt.nosave or final_epoch:
+        write_checkpoints(loop, state, save_dir=save_dir, epoch=epoch, fitness_value=fitness_value,
+                          improved=improved, phase_improved=phase_improved, opt=opt, hyp=hyp)
+    return tuple(results), improved
 
 
 def restore_run_state(checkpoint: dict, optimizer, scaler, ema: ModelEMA | None, model: nn.Module) -> RunState:

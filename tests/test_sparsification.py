@@ -222,25 +222,25 @@ def train(sparsifier, model: DetectionModel, *, start_epoch: int = 0, checkpoint
     if checkpoint is not None:
         state = train_py.restore_run_state(checkpoint, optimizer, scaler, ema, model)
         assert state.start_epoch == start_epoch
-        ema = ema if state.ema_enabled else None
     plan = sparsifier.optimizer_built(model, optimizer, scaler, steps_per_epoch=STEPS, start_epoch=start_epoch,
                                       default_epochs=3, teacher=teacher)
     scaler = plan.scaler
-    compute_loss = ComputeLoss(model)
+    loop = train_py.TrainingLoop(model=model, loader=None, optimizer=optimizer, scaler=scaler,
+                                 compute_loss=ComputeLoss(model), sparsifier=sparsifier, ema=ema, epochs=plan.epochs,
+                                 batch_size=train_py.NOMINAL_BATCH_SIZE // accumulate, imgsz=IMG,
+                                 device=torch.device("cpu"), is_main=False)
     run = Run(model, sparsifier, plan)
     watch(run, sparsifier, model)
     validation_images = batch(99, 0)[0]
-    first_ema = ema
+    first_ema = loop.active_ema(state)
     state.last_optimizer_step = start_epoch * STEPS - 1
     for epoch in range(start_epoch, plan.epochs):
         run.epoch = epoch
         directives = sparsifier.epoch_start(epoch)
-        ema = train_py.apply_epoch_directives(directives, ema, state, scaler)
-        train_py.train_one_epoch(
-            model=model, loader=loader(epoch), optimizer=optimizer, scaler=scaler, compute_loss=compute_loss,
-            ema=ema, sparsifier=sparsifier, state=state, epoch=epoch, epochs=plan.epochs, hyp=HYP,
-            batch_size=train_py.NOMINAL_BATCH_SIZE // accumulate, imgsz=IMG, warmup=None, multi_scale=False,
-            grid_size=32, device=torch.device("cpu"), is_main=False)
+        train_py.apply_epoch_directives(directives, state, scaler)
+        loop.loader = loader(epoch)
+        train_py.train_one_epoch(loop, state, epoch)
+        ema = loop.active_ema(state)
         model.eval()
         with torch.no_grad():
             model(validation_images)
