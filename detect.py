@@ -23,15 +23,19 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from utils.inference import Backend
-    from utils.sources import Frame
+from utils.augment import letterbox
+from utils.boxes import non_max_suppression, scale_boxes
+from utils.inference import Backend, add_runtime_arguments, load_backend
+from utils.logs import setup_script_logging
+from utils.plots import color, draw_box
+from utils.runs import increment_path
+from utils.sources import Frame, display_problem, open_source
+from utils.sparsification.zoo import is_zoo_stub
 
 LOGGER = logging.getLogger("detect")
 
@@ -62,8 +66,6 @@ def yolo_label_lines(detections: torch.Tensor, image_shape: tuple[int, ...], sav
 def annotate(image: np.ndarray, detections: torch.Tensor, names: list[str], line_thickness: int = 3,
              hide_labels: bool = False, hide_conf: bool = False) -> np.ndarray:
     """Draw boxes and labels on a BGR image in place and return it."""
-    from utils.plots import color, draw_box
-
     for x1, y1, x2, y2, conf, cls in detections.tolist():
         label = "" if hide_labels else _label_name(names, int(cls)) + ("" if hide_conf else f" {conf:.2f}")
         draw_box(image, (x1, y1, x2, y2), label, color(int(cls)), line_width=line_thickness)
@@ -77,8 +79,6 @@ def _image_size(imgsz: list[int] | tuple[int, ...] | int) -> tuple[int, int]:
 
 def to_batch(image: np.ndarray, size: tuple[int, int], stride: int, auto: bool) -> tuple[torch.Tensor, tuple]:
     """A BGR image letterboxed to a (1, 3, H, W) uint8 RGB batch, and the (ratio, pad) that maps boxes back."""
-    from utils.augment import letterbox
-
     boxed, ratio, pad = letterbox(image, size, auto=auto, stride=stride)
     batch = torch.from_numpy(np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1))).unsqueeze(0)
     return batch, (ratio, pad)
@@ -174,10 +174,6 @@ def run(weights: str | Path = "yolov5s.pt", source: str | Path = "data/images", 
 
     ``source``: an image, a video, a folder, a glob or a .txt list of those, a camera index (``0``) or a stream URL.
     """
-    from utils.inference import load_backend
-    from utils.runs import increment_path
-    from utils.sources import display_problem, open_source
-
     frames = open_source(source, vid_stride)  # checks the source before the (slow) model load
     try:
         backend = load_backend(weights, device=device, runtime=runtime, threads=threads)
@@ -243,8 +239,6 @@ def run(weights: str | Path = "yolov5s.pt", source: str | Path = "data/images", 
 def detect_frame(backend: Backend, image: np.ndarray, size: tuple[int, int],
                  options: dict) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float, float]]:
     """Letterbox, infer and NMS one BGR image: (batch, detections in image pixels, (pre, inference, NMS) seconds)."""
-    from utils.boxes import non_max_suppression, scale_boxes
-
     start = time.perf_counter()
     # A fixed-size graph needs exactly its size; otherwise pad only to the next stride multiple (faster).
     batch, ratio_pad = to_batch(image, size, backend.stride, auto=backend.dynamic)
@@ -300,8 +294,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hide-labels", action="store_true", help="hide labels")
     parser.add_argument("--hide-conf", action="store_true", help="hide confidences")
     parser.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride: process every Nth frame")
-    from utils.inference import add_runtime_arguments
-    from utils.sparsification.zoo import is_zoo_stub
 
     add_runtime_arguments(parser)
     opt = parser.parse_args(argv)
@@ -318,8 +310,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> None:
-    from utils.logs import setup_script_logging
-
     setup_script_logging()
     try:
         run(**vars(opt))

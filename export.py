@@ -34,6 +34,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.augment import letterbox
+from utils.boxes import box_iou, non_max_suppression, xywh2xyxy
+from utils.dataset_config import check_dataset
+from utils.device import select_device
+from utils.inference import list_images, load_backend, load_letterboxed
+from utils.logs import setup_script_logging
+from utils.sparsification.oneshot import apply_one_shot, recipe_has_quantization
+from utils.sparsification.qat_export import export_quantized_onnx, pin_input_quantization
+from utils.sparsification.qdq import integer_to_qdq, onnxruntime_ops
+from utils.sparsification.structure import has_quantization
+from utils.sparsification.zoo import is_zoo_stub
+from utils.weights import load_weights
+
 LOGGER = logging.getLogger("export")
 FORMATS = ("onnx",)
 DEFAULT_OPSET = 13
@@ -269,7 +282,6 @@ def check_onnx(path: str | Path, model: torch.nn.Module, images: torch.Tensor, s
     """Run onnxruntime and the torch model on the same uint8 images; compare outputs and zero conv weights."""
     import onnx
 
-    from utils.inference import load_backend
 
     onnx.checker.check_model(str(path))
     try:
@@ -317,8 +329,6 @@ class DetectionMatches:
 
 def match_detections(reference: torch.Tensor, candidate: torch.Tensor, score_tolerance: float) -> DetectionMatches:
     """Detections of ``reference`` that ``candidate`` also detects: same class, IoU >= DETECTION_IOU."""
-    from utils.boxes import box_iou, non_max_suppression, xywh2xyxy
-
     wanted = non_max_suppression(reference, conf_thres=DETECTION_CONF, iou_thres=0.45)
     found = non_max_suppression(candidate, conf_thres=max(DETECTION_CONF - score_tolerance, 0.0), iou_thres=0.45)
     total = matched = 0
@@ -340,14 +350,10 @@ def check_images(data: str | None, imgsz: tuple[int, int], stride: int = 32,
                  count: int = CHECK_IMAGES) -> tuple[torch.Tensor, str]:
     """Letterboxed uint8 images for the check: up to ``count`` of ``data``'s val split, else built-in shapes images."""
     if data:
-        from utils.dataset_config import check_dataset
-        from utils.inference import list_images, load_letterboxed
-
         files = list_images(check_dataset(data)["val"])[:count]
         images = torch.stack([load_letterboxed(f, imgsz, stride=stride)[0] for f in files])
         return images, files[0].name if len(files) == 1 else f"{len(files)} images of {data}"
     from data.scripts.make_shapes import render
-    from utils.augment import letterbox
 
     images = []
     for index in range(count):
@@ -364,8 +370,6 @@ def sample_images(data: str | None, imgsz: tuple[int, int], count: int, stride: 
         generator = torch.Generator().manual_seed(seed)
         images = torch.randint(0, 256, (count, 3, *imgsz), dtype=torch.uint8, generator=generator)
         return images, "random pixels", []
-    from utils.dataset_config import check_dataset
-    from utils.inference import list_images, load_letterboxed
 
     files = list_images(check_dataset(data)["val"])[:count]
     images = torch.stack([load_letterboxed(f, imgsz, stride=stride)[0] for f in files])
@@ -392,12 +396,6 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
     A quantized model is written as ``int8_format``: ``integer`` (``W.onnx``), ``qdq`` (``W.qdq.onnx``) or ``both``
     (the QDQ report is then in ``report.others``).
     """
-    from utils.device import select_device
-    from utils.sparsification.qat_export import export_quantized_onnx, pin_input_quantization
-    from utils.sparsification.structure import has_quantization
-    from utils.sparsification.zoo import is_zoo_stub
-    from utils.weights import load_weights
-
     if is_zoo_stub(str(weights)):
         from utils.sparsification.zoo import resolve_weights
 
@@ -416,8 +414,6 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
     imgsz = _check_image_size(imgsz, stride)
     notes: list[str] = []
     if one_shot:
-        from utils.sparsification.oneshot import apply_one_shot
-
         calibration = None
         if one_shot_needs_calibration(one_shot):
             if not data:
@@ -479,8 +475,6 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
 def _write_qdq(integer_path: Path, qdq_path: Path, data: str | None, imgsz: tuple[int, int], count: int,
                stride: int) -> list[str]:
     """Write the QDQ file from the integer graph (ranges QAT did not learn calibrated on ``data``); its notes."""
-    from utils.sparsification.qdq import integer_to_qdq, onnxruntime_ops
-
     if not data:
         LOGGER.warning("QDQ export without --data: the activation ranges that QAT did not learn are calibrated on "
                        "random pixels; pass --data for real images")
@@ -495,8 +489,6 @@ def _write_qdq(integer_path: Path, qdq_path: Path, data: str | None, imgsz: tupl
 
 def one_shot_needs_calibration(recipe: str) -> bool:
     """Whether the recipe quantizes (then post-training calibration images are needed)."""
-    from utils.sparsification.oneshot import recipe_has_quantization
-
     return recipe_has_quantization(recipe)
 
 
@@ -557,7 +549,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                         help="quantized models: integer (W.onnx, for DeepSparse), qdq (W.qdq.onnx, for onnxruntime, "
                              "TensorRT, OpenVINO) or both")
     opt = parser.parse_args(argv)
-    from utils.sparsification.zoo import is_zoo_stub
 
     unsupported = [x for x in opt.include if x.lower() not in FORMATS]
     if unsupported:
@@ -578,8 +569,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> None:
-    from utils.logs import setup_script_logging
-
     setup_script_logging()
     try:
         run(**vars(opt))

@@ -26,7 +26,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from utils.boxes import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
+from utils.coco_eval import evaluate_coco, labels_to_coco, predictions_to_coco  # noqa: E402
+from utils.dataset import create_dataloader  # noqa: E402
+from utils.dataset_config import check_dataset  # noqa: E402
+from utils.device import select_device  # noqa: E402
+from utils.inference import add_runtime_arguments, load_backend  # noqa: E402
+from utils.logs import setup_script_logging  # noqa: E402
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions  # noqa: E402
+from utils.plots import plot_images  # noqa: E402
+from utils.runs import increment_path  # noqa: E402
+from utils.sparsification.report import sparsity_report  # noqa: E402
 
 LOGGER = logging.getLogger("val")
 
@@ -74,7 +83,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
     parser.add_argument("--ap-method", default="yolov5", choices=["yolov5", "coco"],
                         help="AP integration: Ultralytics' interpolated trapezoid (as its val prints) or COCO's")
-    from utils.inference import add_runtime_arguments
 
     add_runtime_arguments(parser)
     opt = parser.parse_args(argv)
@@ -90,8 +98,6 @@ def _forward(model, images: torch.Tensor, with_raw: bool):
 
 
 def _coco_ground_truth(dataset, names: dict[int, str], single_cls: bool) -> dict:
-    from utils.coco_eval import labels_to_coco
-
     labels = [lb.copy() for lb in dataset.labels]
     if single_cls:
         for lb in labels:
@@ -108,8 +114,6 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
         save_dir: Path = Path(""), plots: bool = True, compute_loss=None, runtime: str | None = None,
         threads: int | None = None, ap_method: str = "yolov5") -> ValResult:
     """Validate ``weights`` (or, during training, ``model``) on ``data``; see ValResult."""
-    from utils.dataset_config import check_dataset
-
     training = model is not None
     data = data if isinstance(data, dict) else check_dataset(data)
     if training:
@@ -119,10 +123,6 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
         names = dict(enumerate(model.names))
         quantization_note = ""
     else:
-        from utils.device import select_device
-        from utils.inference import load_backend
-        from utils.runs import increment_path
-
         device = select_device(device)
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
@@ -136,8 +136,6 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
         if task == "speed":
             conf_thres, iou_thres, plots = 0.25, 0.45, False
         if dataloader is None:
-            from utils.dataset import create_dataloader
-
             split = task if task in ("train", "val", "test") else "val"
             if not data.get(split):
                 raise ValueError(f"{data.get('yaml_file', 'dataset')}: no '{split}' split to validate on")
@@ -207,8 +205,6 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
                 if save_txt:
                     _save_txt(predn, save_conf, original_shape, save_dir / "labels" / f"{Path(paths[si]).stem}.txt")
                 if save_json:
-                    from utils.coco_eval import predictions_to_coco
-
                     json_records += predictions_to_coco(predn, index_of.get(str(paths[si]), Path(paths[si]).stem))
             if plots and batch_index == 0:
                 plotted_batch = (images.cpu(), targets.cpu(), paths, [p.cpu() for p in predictions])
@@ -241,8 +237,6 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
     if plots:
         confusion_matrix.plot(save_dir=save_dir, names=names)
         if plotted_batch is not None:
-            from utils.plots import plot_images
-
             images_b, targets_b, paths_b, preds_b = plotted_batch
             plot_images(images_b, targets_b, paths_b, save_dir / "val_batch0_labels.jpg", names)
             plot_images(images_b, _predictions_to_targets(preds_b), paths_b, save_dir / "val_batch0_pred.jpg", names)
@@ -251,7 +245,6 @@ def run(data: dict | str, weights: str | None = None, batch_size: int = 32, imgs
         predictions_path = save_dir / f"{Path(weights or 'model').stem}_predictions.json"
         with open(predictions_path, "w", encoding="utf-8") as f:
             json.dump(json_records, f)
-        from utils.coco_eval import evaluate_coco
 
         ground_truth = _coco_ground_truth(dataset, {i: names.get(i, str(i)) for i in range(nc)}, single_cls)
         with open(save_dir / "ground_truth_coco.json", "w", encoding="utf-8") as f:
@@ -291,14 +284,11 @@ def _sparsity_note(backend) -> str:
     model = getattr(backend, "model", None)
     if not isinstance(model, torch.nn.Module):
         return ""
-    from utils.sparsification.report import sparsity_report
 
     return "sparsity: " + sparsity_report(model).summary_line()
 
 
 def main(opt: argparse.Namespace):
-    from utils.logs import setup_script_logging
-
     setup_script_logging(opt.verbose, force=True)
     try:
         return run(**vars(opt))
