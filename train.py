@@ -489,12 +489,12 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
     init_process_group(context, device)
     seed_everything(opt.seed + 1 + context.rank)
     opt, save_dir = prepare_run_dir(opt, hyp, context, resumed=resume_checkpoint is not None)
-    data, names = read_dataset(opt)
-    opt, sparsifier, model, teacher = build_model_and_recipe(opt, hyp, names, resume_checkpoint, device, save_dir,
-                                                             context)
+    data, nc, names = read_dataset(opt)
+    opt, sparsifier, model, teacher = build_model_and_recipe(opt, hyp, nc, names, resume_checkpoint, device,
+                                                             save_dir, context)
     grid_size = check_image_size(model, opt.imgsz)
     optimizer = build_optimizer_for(model, opt, hyp)
-    train_loader, val_loader = build_loaders(opt, hyp, data, names, model, grid_size, save_dir, context,
+    train_loader, val_loader = build_loaders(opt, hyp, data, nc, names, model, grid_size, save_dir, context,
                                              resumed=resume_checkpoint is not None)
     opt, loop, state, scheduler = build_loop(opt, hyp, model, optimizer, train_loader, sparsifier, teacher,
                                              resume_checkpoint, grid_size, device, context)
@@ -568,22 +568,24 @@ def prepare_run_dir(opt: argparse.Namespace, hyp: dict, context: DistributedCont
     return opt, save_dir
 
 
-def read_dataset(opt: argparse.Namespace) -> tuple[dict, list[str]]:
-    """The dataset YAML, checked (and downloaded where it says how), and the class names training uses."""
+def read_dataset(opt: argparse.Namespace) -> tuple[dict, int, list[str]]:
+    """The dataset YAML, checked (and downloaded where it says how), and the classes training uses (count, names)."""
     data = check_dataset(opt.data, require_train=True)
+    nc = 1 if opt.single_cls else int(data["nc"])
     names = [data["names"][i] for i in sorted(data["names"])]
     if opt.single_cls and len(names) != 1:
         names = ["item"]
-    return data, names
+    return data, nc, names
 
 
-def build_model_and_recipe(opt: argparse.Namespace, hyp: dict, names: list[str], resume_checkpoint: dict | None,
-                           device: torch.device, save_dir: Path, context: DistributedContext
+def build_model_and_recipe(opt: argparse.Namespace, hyp: dict, nc: int, names: list[str],
+                           resume_checkpoint: dict | None, device: torch.device, save_dir: Path,
+                           context: DistributedContext
                            ) -> tuple[argparse.Namespace, Sparsifier, DetectionModel, nn.Module | None]:
     """The recipe's Sparsifier, the model it is checked against, and the distillation teacher."""
     sparsifier = create_sparsifier(opt.sparsification_recipe, opt.recipe_args,
                                    requested_epochs=None if resume_checkpoint else opt.epochs)
-    model, source_checkpoint = build_model(opt, len(names), hyp, resume_checkpoint, device)
+    model, source_checkpoint = build_model(opt, nc, hyp, resume_checkpoint, device)
     model.names = names
     sparsifier.model_built(model, (source_checkpoint or {}).get("sparsification") or None,
                            resume=resume_checkpoint is not None)
@@ -619,10 +621,9 @@ def build_optimizer_for(model: nn.Module, opt: argparse.Namespace, hyp: dict) ->
     return build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
 
 
-def build_loaders(opt: argparse.Namespace, hyp: dict, data: dict, names: list[str], model: DetectionModel,
+def build_loaders(opt: argparse.Namespace, hyp: dict, data: dict, nc: int, names: list[str], model: DetectionModel,
                   grid_size: int, save_dir: Path, context: DistributedContext, resumed: bool) -> tuple[Any, Any]:
     """The training loader (its labels checked, the anchors fitted to them) and, on rank 0, the validation loader."""
-    nc = len(names) if opt.single_cls else int(data["nc"])
     batch_size = opt.batch_size // context.world_size
     train_loader, train_dataset = create_dataloader(
         data["train"], opt.imgsz, batch_size, grid_size, hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect,
