@@ -19,6 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import val
+from export import summarize_onnx
+from utils.logs import setup_script_logging
+from utils.timing import deepsparse_runner, onnxruntime_runner, time_interleaved
+
 ROOT = Path(__file__).resolve().parent
 START = ROOT / "weights" / "yolov5n-shapes.pt"
 DATA, IMGSZ = "data/shapes_tiny.yaml", 160
@@ -43,8 +48,6 @@ def step(title: str, args: list[str]) -> None:
 
 def evaluate(title: str, onnx_path: Path, runtime: str, name: str) -> dict:
     """val.py on ``onnx_path`` in ``runtime`` (printed as the command a user would type): its mAPs, size, sparsity."""
-    import val
-    from export import summarize_onnx
 
     args = ["val.py", "--weights", str(onnx_path.relative_to(ROOT)), "--data", DATA, "--imgsz", str(IMGSZ),
             "--runtime", runtime, "--name", name, "--exist-ok"]
@@ -61,8 +64,6 @@ def time_models(rows: list[dict], rounds: int = 50) -> None:
     meets the same machine load; the median goes into the row. val.py's own speed line also times its data handling,
     which at 160 px weighs as much as the model."""
     import statistics
-
-    from utils.timing import deepsparse_runner, onnxruntime_runner, time_interleaved
 
     print(f"\n=== time each file, batch 1, {rounds} interleaved rounds", flush=True)
     runners = {}
@@ -102,8 +103,6 @@ def main() -> None:
     if not START.exists():
         raise SystemExit(f"{START} is missing: it ships with the repository (git checkout weights/), or retrain it "
                          f"with `make demo-model` (about 45 minutes on 2 CPU cores)")
-    from utils.logs import setup_script_logging
-
     setup_script_logging(False, force=True)
     started = time.time()
     dense_dir = ROOT / "runs" / "demo" / opt.name

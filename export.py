@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.scripts.make_shapes import render
 from utils.augment import letterbox
 from utils.boxes import box_iou, non_max_suppression, xywh2xyxy
 from utils.dataset_config import check_dataset
@@ -44,7 +45,7 @@ from utils.sparsification.oneshot import apply_one_shot, recipe_has_quantization
 from utils.sparsification.qat_export import export_quantized_onnx, pin_input_quantization
 from utils.sparsification.qdq import integer_to_qdq, onnxruntime_ops
 from utils.sparsification.structure import has_quantization
-from utils.sparsification.zoo import is_zoo_stub
+from utils.sparsification.zoo import is_zoo_stub, resolve_weights
 from utils.weights import load_weights
 
 LOGGER = logging.getLogger("export")
@@ -353,8 +354,6 @@ def check_images(data: str | None, imgsz: tuple[int, int], stride: int = 32,
         files = list_images(check_dataset(data)["val"])[:count]
         images = torch.stack([load_letterboxed(f, imgsz, stride=stride)[0] for f in files])
         return images, files[0].name if len(files) == 1 else f"{len(files)} images of {data}"
-    from data.scripts.make_shapes import render
-
     images = []
     for index in range(count):
         image, _ = render(320, np.random.default_rng(index))  # as data/shapes.yaml draws them
@@ -397,8 +396,6 @@ def export_onnx(weights: str | Path, imgsz: int | tuple[int, ...] = (640, 640), 
     (the QDQ report is then in ``report.others``).
     """
     if is_zoo_stub(str(weights)):
-        from utils.sparsification.zoo import resolve_weights
-
         weights = resolve_weights(str(weights))
     weights = Path(weights)
     if not weights.is_file():

@@ -59,13 +59,19 @@ from utils.optim import build_optimizer, lr_lambda  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
 from utils.runs import increment_path  # noqa: E402
 from utils.sparsification import EpochDirectives, Sparsifier, create_sparsifier, restore_structure  # noqa: E402
+from utils.sparsification.report import plot_sparsity, sparsity_report  # noqa: E402
 from utils.sparsification.teacher import SELF as SELF_TEACHER  # noqa: E402
 from utils.sparsification.teacher import load_teacher, save_teacher  # noqa: E402
-from utils.sparsification.zoo import ZooUnavailableError, is_zoo_stub  # noqa: E402
+from utils.sparsification.zoo import (  # noqa: E402
+    ZooUnavailableError,
+    is_zoo_stub,
+    resolve_weights,
+)
 from utils.weights import (  # noqa: E402
     as_project_checkpoint,
     convert_official,
     intersect_state_dicts,
+    load_weights,
     read_weights_file,
     reinitialised_quantizer_scales,
 )
@@ -75,8 +81,9 @@ NOMINAL_BATCH_SIZE = 64  # gradients accumulate to this batch size before an opt
 RESULT_COLUMNS = [
     "epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
     "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
-    "x/lr0", "x/lr1", "x/lr2", "phase", "sparsity",
+    "x/lr0", "x/lr1", "x/lr2", "phase", "conv_sparsity",
 ]
+OLD_COLUMN_NAMES = {"sparsity": "conv_sparsity"}  # results.csv of runs before 2026-12-05 (a resume rewrites them)
 
 
 class TrainingError(RuntimeError):
@@ -204,8 +211,6 @@ def build_model(opt: argparse.Namespace, nc: int, hyp: dict, resume_checkpoint: 
 
     weights = opt.weights
     if is_zoo_stub(weights):
-        from utils.sparsification.zoo import resolve_weights
-
         weights = resolve_weights(weights)
     if not weights:
         if not opt.cfg:
@@ -453,7 +458,8 @@ def truncate_results(path: Path, start_epoch: int) -> None:
     if not path.exists():
         return
     with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
+        rows = [{OLD_COLUMN_NAMES.get(k, k): v for k, v in r.items()} for r in csv.DictReader(f)
+                if int(r["epoch"]) < start_epoch]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
@@ -735,7 +741,7 @@ def end_epoch(loop: TrainingLoop, state: RunState, epoch: int, opt: argparse.Nam
     state.train_seconds += time.time() - epoch_started
     row = {"epoch": epoch, **dict(zip(RESULT_COLUMNS[1:4], mean_loss.tolist())),
            **dict(zip(RESULT_COLUMNS[4:11], results)), **dict(zip(RESULT_COLUMNS[11:14], learning_rates)),
-           "phase": state.phase, "sparsity": round(conv_sparsity(eval_model), 4)}
+           "phase": state.phase, "conv_sparsity": round(conv_sparsity(eval_model), 4)}
     append_results(save_dir / "results.csv", row)
     tensorboard.log_epoch(epoch, row, eval_model)
     if not opt.nosave or final_epoch:
@@ -765,8 +771,6 @@ def restore_run_state(checkpoint: dict, optimizer, scaler, ema: ModelEMA | None,
 def finish_run(save_dir: Path, data: dict, opt: argparse.Namespace, compute_loss, val_loader,
                batch_size: int) -> dict:
     """Strip optimizers, validate best.pt with plots, report sparsity, plot curves."""
-    from utils.weights import load_weights
-
     weights_dir = save_dir / "weights"
     last = weights_dir / "last.pt"
     for path in sorted(weights_dir.glob("*.pt")):
@@ -793,7 +797,6 @@ def finish_run(save_dir: Path, data: dict, opt: argparse.Namespace, compute_loss
 
 
 def report_sparsity(model: nn.Module, save_dir: Path, plots: bool) -> dict:
-    from utils.sparsification.report import plot_sparsity, sparsity_report
 
     report = sparsity_report(model)
     if report.conv_sparsity > 0.01 or report.quantized_layers:

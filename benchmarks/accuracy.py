@@ -75,6 +75,9 @@ SPARSITY_ARGS = {"final_sparsity_heavy": 0.85, "final_sparsity_inner": 0.7, "fin
 # lr0), on a problem small enough to converge on 2 CPU cores. Converged: over its last CONVERGENCE_WINDOW epochs the
 # best mAP@0.5:0.95 rose by less than CONVERGENCE_RISE (relative); the control fine-tune must not beat it by more.
 PROTOCOL_DATA, PROTOCOL_IMGSZ, PROTOCOL_EPOCHS, PROTOCOL_FINETUNE_EPOCHS = "data/shapes_tiny.yaml", 160, 300, 30
+# Epochs of dense training at the fine-tune's schedule (the control's recipe) between the run from scratch and the
+# start: a start that a dense fine-tune no longer improves (0: the run from scratch is the start).
+PROTOCOL_CONTINUE_EPOCHS = 0
 CONVERGENCE_WINDOW, CONVERGENCE_RISE = 30, 0.01
 DENSE_CURVE = ROOT / "BENCHMARKS_dense_curve.png"  # the accuracy section's convergence plot, beside BENCHMARKS.md
 DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml"]
@@ -167,18 +170,24 @@ def dense_convergence(rows: list[dict], window: int = CONVERGENCE_WINDOW) -> dic
             "converged": rise < CONVERGENCE_RISE, "final_lr": max(lr, default=0.0), "epochs": len(rows)}
 
 
-def plot_dense_curve(rows: list[dict], path: Path, window: int = CONVERGENCE_WINDOW) -> Path:
-    """mAP@0.5 and mAP@0.5:0.95 per epoch of the dense run, its last ``window`` epochs shaded, the learning rate on
-    a second axis: the picture that shows whether the dense side had converged."""
+def plot_dense_curve(rows: list[dict], path: Path, window: int = CONVERGENCE_WINDOW,
+                     continued: list[dict] = ()) -> Path:
+    """mAP@0.5 and mAP@0.5:0.95 per epoch of the dense run (and of its ``continued`` run after it), the last
+    ``window`` epochs shaded, the learning rate on a second axis: the picture that shows whether the dense side had
+    converged."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    rows = [*rows, *({**r, "epoch": int(r["epoch"]) + len(rows)} for r in continued)]
     epochs = [int(r["epoch"]) for r in rows]
     fig = Figure(figsize=(8, 4.5), tight_layout=True)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(epochs, [float(r["metrics/mAP_0.5"]) for r in rows], label="mAP@0.5")
     ax.plot(epochs, [float(r["metrics/mAP_0.5:0.95"]) for r in rows], label="mAP@0.5:0.95")
+    if continued:
+        ax.axvline(epochs[-len(continued)], color="grey", linewidth=0.8)
+        ax.annotate(" continued at the fine-tune's schedule", (epochs[-len(continued)], 0.95), fontsize=8)
     if len(epochs) > window:
         ax.axvspan(epochs[-window], epochs[-1], color="grey", alpha=0.2, label=f"last {window} epochs")
     ax.set(xlabel="epoch", ylabel="mAP (val)", ylim=(0, 1), title="Dense yolov5n: the start of every fine-tune")
@@ -192,16 +201,29 @@ def plot_dense_curve(rows: list[dict], path: Path, window: int = CONVERGENCE_WIN
     return path
 
 
-def attempt_name(finetune_epochs: int, attempt: str | None = None) -> str:
-    """The name of a run of the protocol with other fine-tune settings ("" for the protocol itself): ``attempt``
-    when given, else ``e<epochs>`` for another fine-tune length. Its runs train in folders of their own
-    (``control_e60``, ...), so an attempt never replaces the protocol's runs."""
-    return attempt or ("" if finetune_epochs == PROTOCOL_FINETUNE_EPOCHS else f"e{finetune_epochs}")
+def attempt_name(finetune_epochs: int, attempt: str | None = None,
+                 continue_epochs: int = PROTOCOL_CONTINUE_EPOCHS) -> str:
+    """The name of a run of the protocol with other settings ("" for the protocol itself): ``attempt`` when given,
+    else ``continued<N>`` for another continued start and ``e<epochs>`` for another fine-tune length, joined by
+    "_". Its runs train in folders of their own (``control_e60``, ...), so an attempt never replaces the protocol's
+    runs."""
+    parts = [f"continued{continue_epochs}" if continue_epochs != PROTOCOL_CONTINUE_EPOCHS else "",
+             f"e{finetune_epochs}" if finetune_epochs != PROTOCOL_FINETUNE_EPOCHS else ""]
+    return attempt or "_".join(part for part in parts if part)
+
+
+def continued_run(project: Path, dense_dir: Path, epochs: int, common: list[str], recipe: Path) -> tuple[Path, bool]:
+    """The dense model trained ``epochs`` more epochs dense, under the fine-tune's learning-rate schedule (the
+    control's recipe), in ``project/dense_continued_e<epochs>``; reused when finished. Returns the folder and
+    whether it was reused."""
+    return recipe_run(project, f"dense_continued_e{epochs}", dense_dir / "weights" / "best.pt", epochs, common,
+                      recipe, {"num_epochs": epochs, **FINETUNE_ARGS})
 
 
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = PROTOCOL_DATA,
              variants: tuple[str, ...] = DEFAULT_VARIANTS, project: Path = BENCH_DIR / "protocol",
-             curve: Path = DENSE_CURVE, finetune_overrides: dict | None = None, attempt: str = "") -> dict:
+             curve: Path = DENSE_CURVE, finetune_overrides: dict | None = None, attempt: str = "",
+             continue_epochs: int = PROTOCOL_CONTINUE_EPOCHS) -> dict:
     """The accuracy protocol: dense yolov5n trained to convergence (checked, and plotted to ``curve``); from its
     best checkpoint (the start), the same fine-tune left dense (the control) and the recipe ``variants`` (see
     SPARSE_VARIANTS). Finished runs of the same settings in ``project`` are reused, interrupted ones resumed.
@@ -210,6 +232,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     learning-rate schedule. Recovery divides a sparse run's mAP@0.5:0.95 by the better of the start and the control;
     the control beating the start by more than CONVERGENCE_RISE would say the start had not converged.
     ``finetune_overrides`` replace FINETUNE_ARGS values (learning rates, QAT length) for an ``attempt``.
+    ``continue_epochs``: the start is the dense model continued that many epochs at the fine-tune's schedule.
     """
     project.mkdir(parents=True, exist_ok=True)
     common = benchmark_args(data, imgsz, batch, project)
@@ -217,9 +240,17 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     control_recipe.write_text(CONTROL_RECIPE.read_text(encoding="utf-8"), encoding="utf-8")
     dense_dir, reused = dense_run(project, epochs, common)
     dense_rows = read_results(dense_dir)
-    dense = best_of(dense_rows)
-    plot_dense_curve(dense_rows, curve)
-    start = dense_dir / "weights" / "best.pt"
+    start_dir, continued = dense_dir, None
+    from_scratch = best_of(dense_rows)
+    if continue_epochs:
+        start_dir, continued_reused = continued_run(project, dense_dir, continue_epochs, common, control_recipe)
+        continued = {"epochs": continue_epochs, "reused": continued_reused, "minutes": run_minutes(start_dir),
+                     "from_map": float(from_scratch["metrics/mAP_0.5:0.95"]),
+                     "from_map50": float(from_scratch["metrics/mAP_0.5"])}
+    start_rows = read_results(start_dir)
+    dense = best_of(start_rows)
+    plot_dense_curve(dense_rows, curve, continued=start_rows if continued else ())
+    start = start_dir / "weights" / "best.pt"
     lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS, **(finetune_overrides or {})}
     suffix = f"_{attempt}" if attempt else ""
     control_dir, control_reused = recipe_run(project, f"control{suffix}", start, finetune_epochs, common,
@@ -231,8 +262,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     result = {"protocol": 2, "data": data, "imgsz": imgsz, "dense_epochs": epochs, "finetune_epochs": finetune_epochs,
               "optimizer": "AdamW", "finetune_args": sparse_args,
               "start_map50": float(dense["metrics/mAP_0.5"]), "start_map": start_map,
-              "dense_best_epoch": int(dense["epoch"]), "dense_minutes": run_minutes(dense_dir),
-              "dense_reused": reused, "convergence": dense_convergence(dense_rows),
+              "dense_best_epoch": int(from_scratch["epoch"]), "dense_minutes": run_minutes(dense_dir),
+              "dense_reused": reused, "convergence": dense_convergence(dense_rows), "continued": continued,
               "curve": curve.relative_to(ROOT).as_posix() if curve.is_relative_to(ROOT) else str(curve),
               "control_map50": float(control["metrics/mAP_0.5"]), "control_map": control_map,
               "control_minutes": run_minutes(control_dir), "control_reused": control_reused,
@@ -252,7 +283,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
             "note": variant.get("note", ""),
             "teacher": variant["teacher"], "epochs": len(rows), "phase": final_phase,
             "map50": float(sparse["metrics/mAP_0.5"]), "map": float(sparse["metrics/mAP_0.5:0.95"]),
-            "sparsity": float(sparse["sparsity"]),
+            "sparsity": float(sparse["conv_sparsity"]),
             "recovery": float(sparse["metrics/mAP_0.5:0.95"]) / max(result["baseline_map"], 1e-9),
             "minutes": minutes,
             "phase_minutes": phase_minutes(rows, minutes)})
@@ -274,9 +305,10 @@ def accuracy_markdown(a: dict) -> list[str]:
              f"{a['imgsz']} px)", "",
              f"The start: dense yolov5n, {a['dense_epochs']} epochs from scratch (AdamW, `data/hyps/hyp.short.yaml`, "
              f"YOLOv5's learning rate falling linearly to {c['final_lr']:.2g}; {a['dense_minutes']:.0f} min{reused}), "
-             f"best epoch {a['dense_best_epoch']}: mAP@0.5:0.95 {start:.3f}. Over its last {c['window']} epochs its "
+             f"best epoch {a['dense_best_epoch']}: mAP@0.5:0.95 "
+             f"{(a.get('continued') or {}).get('from_map', start):.3f}. Over its last {c['window']} epochs its "
              f"best mAP@0.5:0.95 rose {c['rise']:.2%} ({c['best_before_window']:.3f} to {c['best']:.3f}): "
-             f"{verdict}. Curve: [{Path(a['curve']).name}]({a['curve']}).", "",
+             f"{verdict}. Curve: [{Path(a['curve']).name}]({a['curve']}).", "", *continued_markdown(a),
              f"Fine-tunes of {a['finetune_epochs']} epochs from the start with AdamW and the learning-rate schedule of "
              f"`{FINETUNE_RECIPE}` ({args}; each recipe takes the variables it defines). The control (that schedule, "
              f"dense, no quantization{control_reused}) reached {a['control_map']:.3f}, {a['control_rise']:+.1%} "
@@ -286,7 +318,7 @@ def accuracy_markdown(a: dict) -> list[str]:
              "| model | recipe | teacher | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery (mAP@0.5:0.95) "
              "| minutes (per phase) |", "|---|---|---|---|---|---|---|---|",
              f"| dense (the start) | | | {a['start_map50']:.3f} | {start:.3f} | 0 | {start / baseline:.1%} | "
-             f"{a['dense_minutes']:.0f} |",
+             f"{a['dense_minutes'] + (a.get('continued') or {}).get('minutes', 0):.0f} |",
              f"| start + fine-tune (control) | | | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
              f"{a['control_map'] / baseline:.1%} | {a['control_minutes']:.0f} |"]
     for r in a["sparse"]:
@@ -312,6 +344,7 @@ def attempt_markdown(a: dict) -> list[str]:
              f"{a['finetune_args'].get('pruning_end_epoch')}, the other arguments as above. Control: "
              f"{a['control_map']:.3f} ({a['control_rise']:+.1%} over the start); recovery against the "
              f"{a['baseline']} ({a['baseline_map']:.3f}).", "",
+             *continued_markdown(a),
              "| model | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery (mAP@0.5:0.95) | minutes |",
              "|---|---|---|---|---|---|",
              f"| control | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
@@ -319,6 +352,19 @@ def attempt_markdown(a: dict) -> list[str]:
     lines += [f"| {r['name']} | {r['map50']:.3f} | {r['map']:.3f} | {r['sparsity']:.3f} | {r['recovery']:.1%} | "
               f"{r['minutes']:.0f} |" for r in a["sparse"]]
     return [*lines, ""]
+
+
+def continued_markdown(a: dict) -> list[str]:
+    """The sentence on a continued start (none for a start trained only from scratch)."""
+    c = a.get("continued")
+    if not c:
+        return []
+    reused = ", reused" if c["reused"] else ""
+    return [f"The start here is not the dense run itself: that run ({c['from_map']:.3f}) continued {c['epochs']} "
+            f"epochs dense under the fine-tune's schedule (the control's recipe; {c['minutes']:.0f} min{reused}) "
+            f"reached {a['start_map']:.3f} ({a['start_map'] / max(c['from_map'], 1e-9) - 1:+.1%}). The control and "
+            f"the sparse runs start from that model, and distil from it. Curve: [{Path(a['curve']).name}]"
+            f"({a['curve']}).", ""]
 
 
 def keep_other_variants(previous: dict | None, result: dict, origin: str) -> dict:

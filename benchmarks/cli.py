@@ -10,6 +10,8 @@ from pathlib import Path
 
 from benchmarks.accuracy import (
     DEFAULT_VARIANTS,
+    DENSE_CURVE,
+    PROTOCOL_CONTINUE_EPOCHS,
     PROTOCOL_DATA,
     PROTOCOL_EPOCHS,
     PROTOCOL_FINETUNE_EPOCHS,
@@ -35,6 +37,9 @@ def main() -> None:
                         help="accuracy and scratch: epochs from scratch (dense, and the scratch section's sparse run)")
     parser.add_argument("--finetune-epochs", type=int, default=PROTOCOL_FINETUNE_EPOCHS,
                         help="accuracy: epochs of each fine-tune (the control and the recipe runs)")
+    parser.add_argument("--continue-epochs", type=int, default=PROTOCOL_CONTINUE_EPOCHS,
+                        help="accuracy: the start is the dense model trained this many more epochs dense at the "
+                             "fine-tune's schedule (0: the run from scratch)")
     parser.add_argument("--finetune-args", default="",
                         help="accuracy: JSON replacing fine-tune learning-rate arguments (an attempt; needs --attempt)")
     parser.add_argument("--attempt", default="",
@@ -61,11 +66,14 @@ def main() -> None:
         results["demo"] = demo()
     if "accuracy" in sections:
         overrides = json.loads(opt.finetune_args) if opt.finetune_args else {}
-        attempt = attempt_name(opt.finetune_epochs, opt.attempt)
+        attempt = attempt_name(opt.finetune_epochs, opt.attempt, opt.continue_epochs)
         if overrides and not attempt:
             parser.error("--finetune-args changes the protocol: name the attempt with --attempt NAME")
         result = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data, tuple(opt.variants),
-                          opt.project, finetune_overrides=overrides, attempt=attempt)
+                          opt.project, finetune_overrides=overrides, attempt=attempt,
+                          continue_epochs=opt.continue_epochs,
+                          curve=DENSE_CURVE.with_name(f"{DENSE_CURVE.stem}_{attempt}.png") if attempt and
+                          opt.continue_epochs != PROTOCOL_CONTINUE_EPOCHS else DENSE_CURVE)
         if not attempt:
             earlier = results.get("commands", {}).get("accuracy", {})
             origin = f"`{earlier.get('command', 'python benchmarks.py')}`, {earlier.get('date', 'date unknown')}"
@@ -81,7 +89,7 @@ def main() -> None:
     if "runtime" in sections:
         results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
     for section in sections:
-        if section == "accuracy" and attempt_name(opt.finetune_epochs, opt.attempt):
+        if section == "accuracy" and attempt_name(opt.finetune_epochs, opt.attempt, opt.continue_epochs):
             continue  # the attempt carries its own command; the protocol's section keeps the one that measured it
         results.setdefault("commands", {})[section] = {"command": command, "date": date,
                                                        "machine": machine(), "versions": versions()}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.metrics import fitness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,17 +27,18 @@ def run_command(args: list[str]) -> float:
 
 
 def read_results(run_dir: Path) -> list[dict]:
+    """The rows of a run's results.csv; the conv weight sparsity is ``conv_sparsity`` also in files written before
+    that column was renamed from ``sparsity`` (2026-12-05)."""
     import csv
 
     with open(run_dir / "results.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [{("conv_sparsity" if key == "sparsity" else key): value for key, value in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def run_minutes(run_dir: Path) -> float:
     """Training time of a finished run: the wall time its last.pt records (the parts of a resumed run added up), or,
     for runs of versions that did not record it, the time between its first file (opt.yaml) and its last."""
-    from utils.checkpoint import CheckpointError, load_checkpoint
-
     last = run_dir / "weights" / "last.pt"
     try:
         seconds = load_checkpoint(last)["options"].get("train_seconds")

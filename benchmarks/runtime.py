@@ -33,6 +33,9 @@ import torch
 import export
 import val
 from benchmarks.runs import BENCH_DIR
+from models.yolo import DetectionModel
+from utils.checkpoint import model_checkpoint, save_checkpoint
+from utils.inference import cpu_cores
 from utils.timing import deepsparse_runner, onnxruntime_runner, stats, time_interleaved
 
 LOGGER = logging.getLogger(__name__)
@@ -103,9 +106,6 @@ def condition_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.n
 
 
 def _random_checkpoint(cfg: str, folder: Path, imgsz: int, name: str = "random.pt") -> Path:
-    from models.yolo import DetectionModel
-    from utils.checkpoint import model_checkpoint, save_checkpoint
-
     torch.manual_seed(0)
     model = DetectionModel(cfg if cfg.endswith(".yaml") else f"{cfg}.yaml", nc=80)  # COCO-sized head: deployment
     model.names = [f"class{i}" for i in range(80)]
@@ -399,8 +399,6 @@ def installed_runtimes() -> dict[str, str]:
 
 def run_section(settings: Settings, bench_dir: Path) -> dict:
     """Export, time, validate and plot; returns the results to store under ``results["runtime"]``."""
-    from utils.inference import cpu_cores
-
     started = time.time()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     versions = installed_runtimes()

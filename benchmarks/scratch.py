@@ -42,7 +42,7 @@ def scratch(epochs: int, imgsz: int, batch: int, data: str, project: Path = BENC
     step = max(epochs // SCRATCH_CURVE_POINTS, 1)
     curve = [{"epoch": e, "dense": float(dense_rows[e]["metrics/mAP_0.5:0.95"]),
               "sparse": float(sparse_rows[e]["metrics/mAP_0.5:0.95"]), "phase": sparse_rows[e]["phase"],
-              "sparsity": float(sparse_rows[e]["sparsity"])}
+              "sparsity": float(sparse_rows[e]["conv_sparsity"])}
              for e in sorted({*range(step - 1, epochs, step), epochs - 1})]
     return {"data": data, "imgsz": imgsz, "batch": batch, "epochs": epochs, "recipe": SCRATCH_RECIPE,
             "sparsity_args": SPARSITY_ARGS,
@@ -51,7 +51,7 @@ def scratch(epochs: int, imgsz: int, batch: int, data: str, project: Path = BENC
             "dense_reused": dense_reused,
             "sparse_map50": float(sparse["metrics/mAP_0.5"]), "sparse_map": float(sparse["metrics/mAP_0.5:0.95"]),
             "sparse_best_epoch": int(sparse["epoch"]), "sparse_phase": final_phase,
-            "sparsity": float(sparse["sparsity"]), "sparse_minutes": minutes, "sparse_reused": sparse_reused,
+            "sparsity": float(sparse["conv_sparsity"]), "sparse_minutes": minutes, "sparse_reused": sparse_reused,
             "phase_minutes": phase_minutes(sparse_rows, minutes),
             "phase_starts": {row["phase"]: int(row["epoch"]) for row in reversed(sparse_rows)},
             "same_epochs": same_epochs(dense_rows, sparse_rows),

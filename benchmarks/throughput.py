@@ -9,6 +9,7 @@ import torch
 
 from benchmarks.runs import ROOT
 from models.yolo import DetectionModel
+from utils.boxes import non_max_suppression
 from utils.loss import ComputeLoss
 
 
@@ -33,8 +34,6 @@ def _random_batch(batch: int, imgsz: int, nc: int) -> tuple[torch.Tensor, torch.
 
 def throughput(cfg: str, imgsz: int, batch: int, steps: int) -> dict:
     """Training (forward + backward + SGD step) and inference (forward + NMS) images per second."""
-    from utils.boxes import non_max_suppression
-
     nc = 6
     model = DetectionModel(cfg, nc=nc)
     model.hyp = _hyp()

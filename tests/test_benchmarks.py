@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -265,10 +266,18 @@ def fake_run(run_dir, settings: dict, maps: list[float], phases: list[str]) -> N
     (run_dir / "weights").mkdir(parents=True)
     (run_dir / "opt.yaml").write_text(yaml.safe_dump(settings))
     rows = [f"{e},{2 * m},{m},{p},{0.77 if p != 'dense' else 0}" for e, (m, p) in enumerate(zip(maps, phases))]
-    (run_dir / "results.csv").write_text("epoch,metrics/mAP_0.5,metrics/mAP_0.5:0.95,phase,sparsity\n"
+    (run_dir / "results.csv").write_text("epoch,metrics/mAP_0.5,metrics/mAP_0.5:0.95,phase,conv_sparsity\n"
                                          + "\n".join(rows) + "\n")
     for name in ("best.pt", "last.pt"):
         (run_dir / "weights" / name).write_bytes(b"x")
+
+
+def test_runs_written_before_the_column_rename_read_their_conv_sparsity_too(tmp_path) -> None:
+    """results.csv of runs before 2026-12-05 name the conv weight sparsity ``sparsity``: the protocol's kept runs
+    of those days still report it."""
+    (tmp_path / "results.csv").write_text("epoch,metrics/mAP_0.5:0.95,phase,sparsity\n0,0.4,pruned,0.77\n")
+    assert runs.read_results(tmp_path) == [{"epoch": "0", "metrics/mAP_0.5:0.95": "0.4", "phase": "pruned",
+                                            "conv_sparsity": "0.77"}]
 
 
 def test_the_scratch_section_runs_the_dense_command_plus_the_recipe_and_divides_by_the_dense_run(
@@ -368,7 +377,8 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
 
     maps = {"dense": [0.1, 0.3, 0.5, 0.6, 0.6, 0.601], "control": [0.55, 0.6, 0.603],
             "pruned_distill": [0.5, 0.58, 0.59], "quant": [0.59, 0.595, 0.596],
-            "pruned_quant_distill": [0.5, 0.57, 0.594], "relu_block4_quant": [0.4, 0.5, 0.58]}
+            "pruned_quant_distill": [0.5, 0.57, 0.594], "relu_block4_quant": [0.4, 0.5, 0.58],
+            "dense_continued_e3": [0.58, 0.62, 0.625]}
     commands = []
 
     def fake_train(command: list[str]) -> float:  # writes what train.py would: opt.yaml, results.csv, weights
@@ -379,8 +389,10 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
                     "epochs": int(flags.get("epochs", 3)), "teacher_weights": flags.get("teacher_weights", ""),
                     "sparsification_recipe": flags.get("sparsification_recipe"),
                     "recipe_args": flags.get("recipe_args")}
-        name, variant = flags["name"], flags["name"].removesuffix("_e3").removesuffix("_lowlr")
-        phases = ["dense"] * len(maps[variant]) if variant in ("dense", "control") else ["pruned"] * 2 + ["quantized"]
+        name = flags["name"]
+        variant = name if name in maps else re.sub(r"_(e3|lowlr|continued3_e3)$", "", name)
+        phases = (["dense"] * len(maps[variant]) if variant.startswith(("dense", "control"))
+                  else ["pruned"] * 2 + ["quantized"])
         fake_run(Path(flags["project"]) / name, settings, maps[variant], phases)
         (Path(flags["project"]) / name / "opt.yaml").write_text(yaml.safe_dump(settings))
         return 0.0
@@ -414,6 +426,25 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     assert [c[c.index("--name") + 1] for c in commands] == ["control_lowlr", "quant_lowlr"]
     control_args, quant_args = (json.loads(c[c.index("--recipe-args") + 1]) for c in commands)
     assert control_args["init_lr"] == 0.0005 and quant_args["qat_init_lr"] == 5e-05
+    # a continued start: the dense run trained on at the fine-tune's schedule is the start of the control and of
+    # the sparse runs (and their teacher); the curve shows both runs
+    commands.clear()
+    name = protocol.attempt_name(3, continue_epochs=3)
+    continued = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill",),
+                                  project=tmp_path, curve=tmp_path / "continued.png", attempt=name, continue_epochs=3)
+    assert name == "continued3_e3"
+    assert [c[c.index("--name") + 1] for c in commands] == ["dense_continued_e3", "control_continued3_e3",
+                                                              "pruned_quant_distill_continued3_e3"]
+    start = str(tmp_path / "dense_continued_e3" / "weights" / "best.pt")
+    assert commands[0][commands[0].index("--weights") + 1] == str(tmp_path / "dense" / "weights" / "best.pt")
+    sparse = commands[2]
+    assert sparse[sparse.index("--weights") + 1] == sparse[sparse.index("--teacher-weights") + 1] == start
+    assert continued["start_map"] == 0.625 and continued["continued"]["from_map"] == 0.601
+    assert continued["dense_best_epoch"] == 5 and (tmp_path / "continued.png").stat().st_size > 10_000
+    text = "\n".join(protocol.attempt_markdown({**continued, "attempt": name, "command": "c", "date": "d",
+                                                "machine": "m"}))
+    assert "that run (0.601) continued 3 epochs dense under the fine-tune's schedule" in text
+    assert "reached 0.625 (+4.0%)" in text
 
 
 def test_the_header_names_the_sections_whose_maps_predate_the_val_fix() -> None:

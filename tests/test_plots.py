@@ -10,7 +10,7 @@ from utils.plots import phase_spans, plot_results
 
 COLUMNS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
            "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss", "x/lr0",
-           "x/lr1", "x/lr2", "phase", "sparsity"]
+           "x/lr1", "x/lr2", "phase", "conv_sparsity"]
 
 
 def test_phase_spans_are_the_stretches_of_epochs_in_one_phase():

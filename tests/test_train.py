@@ -39,7 +39,7 @@ def test_a_short_run_writes_the_ultralytics_outputs(tmp_path, shapes_dataset):
     last = load_checkpoint(run_dir / "weights" / "last.pt")
     assert last["final"] and last["epoch"] == 1 and last["optimizer"] is None  # stripped at the end
     rows = (run_dir / "results.csv").read_text().strip().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("epoch,train/box_loss")
+    assert len(rows) == 3 and rows[0].startswith("epoch,train/box_loss") and rows[0].endswith(",phase,conv_sparsity")
     # TensorBoard, on by default: the same numbers as results.csv, read back with tensorboard's own reader
     events = read_events(run_dir)
     column = rows[0].split(",").index("metrics/mAP_0.5")
@@ -68,6 +68,19 @@ def test_an_interrupted_run_resumes_to_the_same_weights(resumed_sparse_run, dens
     first_part = run.first_part["options"]["train_seconds"]
     assert 0 < first_part < resumed["options"]["train_seconds"]
     assert yaml.safe_load((run_dir / "opt.yaml").read_text())["weights"] == str(dense_run)
+
+
+def test_resuming_a_run_of_before_the_column_rename_keeps_its_conv_sparsity_under_the_new_name(tmp_path):
+    """results.csv called the conv weight sparsity ``sparsity`` until 2026-12-05; a resume rewrites the file with
+    today's header and keeps the values of the epochs it does not repeat."""
+    path = tmp_path / "results.csv"
+    old_header = [c if c != "conv_sparsity" else "sparsity" for c in train.RESULT_COLUMNS]
+    rows = [[str(epoch), *["0.1"] * 13, "pruned", str(0.5 + epoch / 10)] for epoch in range(3)]
+    path.write_text("\n".join(",".join(r) for r in [old_header, *rows]) + "\n")
+    train.truncate_results(path, start_epoch=2)
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(train.RESULT_COLUMNS) and lines[0].endswith(",phase,conv_sparsity")
+    assert [line.split(",")[-1] for line in lines[1:]] == ["0.5", "0.6"]
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

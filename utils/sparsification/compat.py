@@ -37,6 +37,8 @@ from typing import Any
 
 from torch.ao.quantization import QConfig
 
+from utils.logs import verbose_logging
+
 _APPLIED = False
 
 
@@ -121,8 +123,6 @@ def apply_compat() -> None:
 
 def _route_logging() -> None:
     import sparseml.log  # noqa: F401  (its import adds the handlers removed here)
-
-    from utils.logs import verbose_logging
 
     for name in ("sparseml", "__main__"):
         logger = logging.getLogger(name)

@@ -19,6 +19,7 @@ from torch.ao.quantization import FakeQuantizeBase
 
 from utils.sparsification.checks import check_recipe_against_model
 from utils.sparsification.recipes import load_recipe
+from utils.sparsification.report import sparsity_report
 from utils.sparsification.structure import apply_model_defaults, has_quantization, quiet_loggers
 from utils.sparsification.zoo import is_zoo_stub, resolve_recipe
 
@@ -91,7 +92,6 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> in
 def apply_one_shot(model: nn.Module, recipe: str, calibration_images: torch.Tensor | None = None,
                    recipe_args: str | dict | None = None, batch_size: int = 8) -> OneShotResult:
     """Apply ``recipe`` to ``model`` in place at its end epoch; calibrate quantization on ``calibration_images``."""
-    from utils.sparsification.report import sparsity_report
     # the training path's checks and model defaults (recipe syntax and names, Concat/Detect kept float)
     manager, source, notes = load_recipe(_local_recipe(recipe), recipe_args)
     notes += apply_model_defaults(manager, model)

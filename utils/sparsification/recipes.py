@@ -28,7 +28,7 @@ from utils.sparsification.epochs import (
     scale_recipe_epochs,
     scaling_problems,
 )
-from utils.sparsification.zoo import is_zoo_stub
+from utils.sparsification.zoo import ZooUnavailableError, is_zoo_stub, resolve_recipe
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,8 +102,6 @@ def _read_recipe_text(recipe: str) -> tuple[str, str, int]:
     if "\n" in recipe:
         return _front_matter(recipe, "<recipe text>")
     if is_zoo_stub(recipe):
-        from utils.sparsification.zoo import ZooUnavailableError, resolve_recipe  # bounded, offline-aware lookup
-
         try:
             local = resolve_recipe(recipe)
         except (FileNotFoundError, ZooUnavailableError) as error:

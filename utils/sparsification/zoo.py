@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from utils.sparsification.compat import apply_compat
+
 LOGGER = logging.getLogger(__name__)
 
 ZOO_PREFIX = "zoo:"
@@ -200,8 +202,6 @@ def _prepare_sparsezoo() -> None:
     """The project's one-time SparseML setup; among others it stops sparsezoo's analytics, which at import looks up
     the machine's external IP with no timeout. Runs in the caller's thread: a timed-out import must not hold the
     import lock."""
-    from utils.sparsification.compat import apply_compat
-
     apply_compat()
 
 
