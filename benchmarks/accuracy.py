@@ -212,11 +212,16 @@ def attempt_name(finetune_epochs: int, attempt: str | None = None,
     return attempt or "_".join(part for part in parts if part)
 
 
+def start_folder(continue_epochs: int = PROTOCOL_CONTINUE_EPOCHS) -> str:
+    """The run folder (in the protocol's project) whose best.pt is the start of the fine-tunes."""
+    return f"dense_continued_e{continue_epochs}" if continue_epochs else "dense"
+
+
 def continued_run(project: Path, dense_dir: Path, epochs: int, common: list[str], recipe: Path) -> tuple[Path, bool]:
     """The dense model trained ``epochs`` more epochs dense, under the fine-tune's learning-rate schedule (the
     control's recipe), in ``project/dense_continued_e<epochs>``; reused when finished. Returns the folder and
     whether it was reused."""
-    return recipe_run(project, f"dense_continued_e{epochs}", dense_dir / "weights" / "best.pt", epochs, common,
+    return recipe_run(project, start_folder(epochs), dense_dir / "weights" / "best.pt", epochs, common,
                       recipe, {"num_epochs": epochs, **FINETUNE_ARGS})
 
 

@@ -20,6 +20,7 @@ from benchmarks.accuracy import (
     accuracy,
     attempt_name,
     keep_other_variants,
+    start_folder,
 )
 from benchmarks.demo import demo
 from benchmarks.machine import machine, versions
@@ -87,7 +88,7 @@ def main() -> None:
     if "scratch" in sections:
         results["scratch"] = scratch(opt.epochs, opt.imgsz, 32, opt.data, opt.project)
     if "runtime" in sections:
-        results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data))
+        results["runtime"] = runtime(opt.quick, results.get("accuracy", {}).get("data", opt.data), start_folder())
     for section in sections:
         if section == "accuracy" and attempt_name(opt.finetune_epochs, opt.attempt, opt.continue_epochs):
             continue  # the attempt carries its own command; the protocol's section keeps the one that measured it

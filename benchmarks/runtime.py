@@ -11,9 +11,10 @@ thread pool is alive while it is timed. DeepSparse with num_cores = all cores co
 machine (a worker descheduled at every layer's barrier: measured 0.6 ms -> 260 ms for yolov5n at 64 px on this 2-core
 machine), so the section records the load average, and the thread study includes num_cores 1.
 
-Weights: yolov5n uses the accuracy section's trained checkpoints when they exist (``runs/bench/accuracy``), so the mAP
-column is real; otherwise (and always for yolov5s) random weights with BatchNorm statistics of real images, pruned
-and quantized one-shot by the recipes (magnitude pruning, post-training calibration): speed is the same, mAP is n/a.
+Weights: yolov5n uses the accuracy protocol's trained checkpoints when they exist (``runs/bench/protocol``: its
+start and the fine-tunes of ``PROTOCOL_RUNS``), so the mAP column is real; otherwise (and always for yolov5s) random
+weights with BatchNorm statistics of real images, pruned and quantized one-shot by the recipes (magnitude pruning,
+post-training calibration): speed is the same, mAP is n/a.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data/shapes.yaml"
 VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq", "pruned 4-block INT8 integer",
-            "ReLU INT8 integer", "ReLU INT8 qdq")
+            "ReLU INT8 integer", "ReLU INT8 qdq", "ReLU 4-block INT8 integer")
+# The accuracy protocol's run folder of each file (runs/bench/protocol/<name>; the first one found is used): the
+# distilled pruned_quant fine-tune, its pruned-only twin for the FP32 pruned file, the 4-block runs and the ReLU ones.
+PROTOCOL_RUNS = {"quantized": ("pruned_quant_distill", "pruned_quant"), "pruned": ("pruned_distill",),
+                 "block4": ("pruned_quant_block4",), "relu": ("relu_quant",), "relu_block4": ("relu_block4_quant",)}
 # Recipe variables of the speed-first variant: pruning in blocks of 4 input channels, and Detect's output convs
 # quantized too (the recipes keep them float for accuracy; DeepSparse runs the whole graph in INT8 then).
 BLOCK4 = {"mask_type": [1, 4], "float_modules": ["SiLU", "Upsample", "Concat", "MaxPool2d"]}
@@ -66,6 +71,7 @@ class Settings:
     accuracy: bool = True
     map_sizes: tuple[int, ...] = (320, 640)
     data: str = DATA  # validation set of the mAP column (the accuracy section's dataset)
+    start: str = "dense"  # folder of the accuracy protocol's start in runs/bench/protocol
 
     @classmethod
     def quick(cls) -> Settings:
@@ -114,28 +120,28 @@ def _random_checkpoint(cfg: str, folder: Path, imgsz: int, name: str = "random.p
     return save_checkpoint(model_checkpoint(model, model.names), folder / name)
 
 
-def trained_checkpoints(accuracy_dir: Path) -> dict[str, Path] | None:
-    """The accuracy section's yolov5n checkpoints by variant, or None when it has not run."""
-    dense = accuracy_dir / "dense_continued" / "weights" / "best.pt"  # the dense model the fine-tunes start from
-    if not dense.is_file():
-        dense = accuracy_dir / "dense" / "weights" / "best.pt"
-    runs = [accuracy_dir / name for name in ("pruned_quant_distill", "pruned_quant")]  # the distilled run is better
-    run = next((r for r in runs if (r / "weights" / "last.pt").is_file()), runs[-1])
-    quantized = run / "weights" / "last.pt"
-    if not (dense.is_file() and quantized.is_file()):
+def trained_checkpoints(protocol_dir: Path, start: str = "dense") -> dict[str, Path | None] | None:
+    """The accuracy protocol's yolov5n checkpoints by file (PROTOCOL_RUNS; None for a run it has not trained), or
+    None when it has no start and no pruned_quant run. ``start``: the folder of the protocol's start."""
+    dense = protocol_dir / start / "weights" / "best.pt"
+
+    def final(names: tuple[str, ...], weights: str = "last.pt") -> Path | None:
+        return next((protocol_dir / n / "weights" / weights for n in names
+                     if (protocol_dir / n / "weights" / weights).is_file()), None)
+
+    found = {name: final(runs) for name, runs in PROTOCOL_RUNS.items()}
+    if not (dense.is_file() and found["quantized"]):
         return None
-    pruned = run / "weights" / "best_pruned.pt"
-    block4 = accuracy_dir / "pruned_quant_block4" / "weights" / "last.pt"
-    relu = accuracy_dir / "relu_quant" / "weights" / "last.pt"
-    return {"dense": dense, "pruned": pruned if pruned.is_file() else None, "quantized": quantized,
-            "block4": block4 if block4.is_file() else None, "relu": relu if relu.is_file() else None}
+    pruned = final(PROTOCOL_RUNS["pruned"], "best.pt") or final(PROTOCOL_RUNS["quantized"], "best_pruned.pt")
+    return {**found, "dense": dense, "pruned": pruned}
 
 
-def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir: Path | None) -> ModelFiles:
-    """Export the four variants of ``cfg`` (dynamic batch and size) into ``folder``; checks recorded per file."""
+def export_model_files(cfg: str, folder: Path, settings: Settings, protocol_dir: Path | None,
+                       start: str = "dense") -> ModelFiles:
+    """Export the variants of ``cfg`` (dynamic batch and size) into ``folder``; checks recorded per file."""
 
     folder.mkdir(parents=True, exist_ok=True)
-    trained = trained_checkpoints(accuracy_dir) if cfg == "yolov5n" and accuracy_dir is not None else None
+    trained = trained_checkpoints(protocol_dir, start) if cfg == "yolov5n" and protocol_dir is not None else None
     calibration_size = 320
     notes = []
     pruned_quant = f"recipes/{cfg}.pruned_quant.yaml"
@@ -146,23 +152,24 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir:
                    "quantized": (trained["quantized"], None, None),
                    "block4": (trained["block4"], None, None) if trained["block4"]
                    else (trained["dense"], pruned_quant, BLOCK4)}
-        if trained["relu"]:
-            sources["relu"] = (trained["relu"], None, None)
-        where = accuracy_dir.relative_to(ROOT) if accuracy_dir.is_relative_to(ROOT) else accuracy_dir
-        notes.append(f"{cfg}: trained weights of {where} (pruned FP32: "
-                     + ("the recipe run's best_pruned.pt" if trained["pruned"] else "one-shot pruning of dense")
-                     + "; 4-block: " + ("the mask_type [1, 4] recipe run" if trained["block4"]
-                                        else "one-shot of dense, post-training quantization")
-                     + ("; ReLU: the relu_quant run, not pruned" if trained["relu"] else "") + ")")
+        sources.update({name: (trained[name], None, None) for name in ("relu", "relu_block4") if trained[name]})
+        where = protocol_dir.relative_to(ROOT) if protocol_dir.is_relative_to(ROOT) else protocol_dir
+        used = {name: path.parent.parent.name for name, path in trained.items() if path is not None}
+        notes.append(f"{cfg}: trained weights of {where}: " + ", ".join(f"{k} {v}" for k, v in used.items())
+                     + ("" if trained["pruned"] else "; pruned FP32: one-shot pruning of dense")
+                     + ("" if trained["block4"] else "; 4-block: one-shot of dense, post-training quantization")
+                     + ("" if trained["relu"] or trained["relu_block4"] else "; no ReLU run"))
     else:
         dense = _random_checkpoint(cfg, folder, calibration_size)
         relu = _random_checkpoint(f"{cfg}-relu.yaml", folder, calibration_size, "random-relu.pt")
         sources = {"dense": (dense, None, None), "pruned": (dense, f"recipes/{cfg}.pruned.yaml", None),
                    "quantized": (dense, pruned_quant, None), "block4": (dense, pruned_quant, BLOCK4),
-                   "relu": (relu, f"recipes/{cfg}.quant.yaml", None)}
+                   "relu": (relu, f"recipes/{cfg}.quant.yaml", None),
+                   "relu_block4": (relu, pruned_quant, BLOCK4)}
         notes.append(f"{cfg}: random weights (80 classes), one-shot {cfg}.pruned.yaml / {cfg}.pruned_quant.yaml "
                      f"(4-block: the same with --recipe-args '{json.dumps(BLOCK4)}'; ReLU: models/{cfg}-relu.yaml, "
-                     f"one-shot {cfg}.quant.yaml as shipped, not pruned; post-training calibration on "
+                     f"one-shot {cfg}.quant.yaml as shipped, not pruned, and 4-block pruned + INT8 as above; "
+                     f"post-training calibration on "
                      f"{settings.calib_images} images)")
     files: dict[str, Path] = {}
     checks: dict[str, str] = {}
@@ -172,12 +179,14 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, accuracy_dir:
         started = time.time()
         report = export.export_onnx(target, imgsz=calibration_size, dynamic=True, one_shot=recipe, data=DATA,
                                     calib_data=settings.calib_images, device="cpu",
-                                    int8_format="integer" if name == "block4" else "both", recipe_args=recipe_args)
+                                    int8_format="integer" if name in ("block4", "relu_block4") else "both",
+                                    recipe_args=recipe_args)
         LOGGER.info("exported %s %s in %.0fs", cfg, name, time.time() - started)
         for each in (report, *report.others):
             kind = "ReLU" if name == "relu" else "pruned"
-            variant = {"dense": "dense FP32", "pruned": "pruned FP32", "block4": "pruned 4-block INT8 integer"}.get(
-                name, f"{kind} INT8 qdq" if each.path.name.endswith(".qdq.onnx") else f"{kind} INT8 integer")
+            int8 = f"{kind} INT8 qdq" if each.path.name.endswith(".qdq.onnx") else f"{kind} INT8 integer"
+            variant = {"dense": "dense FP32", "pruned": "pruned FP32", "block4": "pruned 4-block INT8 integer",
+                       "relu_block4": "ReLU 4-block INT8 integer"}.get(name, int8)
             files[variant] = each.path
             checks[variant] = each.check.line().strip()
             notes += [f"{cfg} {variant} file: {note}" for note in each.notes if note.startswith("onnxruntime runs")]
@@ -355,7 +364,7 @@ def plot_latency_vs_map(rows: list[dict], path: Path) -> Path:
     figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), squeeze=False)
     markers = {"onnxruntime": "o", "deepsparse": "s"}
     colors = dict(zip(VARIANTS, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-                                 "tab:brown")))
+                                 "tab:brown", "tab:pink")))
     for axis, (model, imgsz) in zip(axes[0], groups):
         selected = [r for r in rows if r["model"] == model and r["imgsz"] == imgsz]
         with_map = [r for r in selected if r.get("map") is not None]
@@ -404,13 +413,13 @@ def run_section(settings: Settings, bench_dir: Path) -> dict:
     versions = installed_runtimes()
     runtimes = list(versions)
     threads = cpu_cores()
-    accuracy_dir = bench_dir / "accuracy"
+    protocol_dir = bench_dir / "protocol"
     rows: list[dict] = []
     thread_rows: list[dict] = []
     notes: list[str] = []
     checks: dict[str, dict[str, str]] = {}
     for cfg in settings.models:
-        files = export_model_files(cfg, bench_dir / "runtime" / cfg, settings, accuracy_dir)
+        files = export_model_files(cfg, bench_dir / "runtime" / cfg, settings, protocol_dir, settings.start)
         notes += files.notes
         checks[cfg] = files.checks
         model_rows = []
@@ -440,8 +449,9 @@ def run_section(settings: Settings, bench_dir: Path) -> dict:
             "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None]}
 
 
-def runtime(quick: bool, data: str) -> dict:
-    """Speed of dense / pruned / pruned+INT8 ONNX files in each installed runtime."""
+def runtime(quick: bool, data: str, start: str = "dense") -> dict:
+    """Speed of dense / pruned / pruned+INT8 ONNX files in each installed runtime; yolov5n's files come from the
+    accuracy protocol's runs whose start is in the folder ``start`` (validated on ``data``, its dataset)."""
     settings = Settings.quick() if quick else Settings()
-    settings.data = data
+    settings.data, settings.start = data, start
     return run_section(settings, BENCH_DIR)

@@ -144,7 +144,7 @@ def test_a_folder_with_no_weights_yet_is_trained_into(tmp_path, monkeypatch) -> 
 
 def test_run_minutes_come_from_the_checkpoint_when_it_records_them(tmp_path, monkeypatch) -> None:
     fake_run(tmp_path / "run", {}, [0.1], ["dense"])
-    monkeypatch.setattr("utils.checkpoint.load_checkpoint", lambda path: {"options": {"train_seconds": 1500.0}})
+    monkeypatch.setattr(runs, "load_checkpoint", lambda path: {"options": {"train_seconds": 1500.0}})
     assert runs.run_minutes(tmp_path / "run") == 25.0
 
 
@@ -320,6 +320,25 @@ def test_the_scratch_section_runs_the_dense_command_plus_the_recipe_and_divides_
     assert "| pruned_quant_scratch (reused) | 1.188 | 0.594 | 0.770 | 99.0% | 5 |" in text
     assert "| 0 | 0.100 | 0.100 | dense | 0.000 |" in text
     assert "| 5 | 0.600 | 0.594 | pruned_quantized | 0.770 |" in text
+
+
+def test_the_runtime_section_times_the_protocols_trained_files_and_falls_back_to_random_weights(tmp_path) -> None:
+    def touch(run: str, weights: str = "last.pt") -> Path:
+        path = tmp_path / run / "weights" / weights
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return path
+
+    assert runtime_bench.trained_checkpoints(tmp_path) is None  # nothing trained: random weights, mAP n/a
+    start, quantized = touch("dense_continued_e100", "best.pt"), touch("pruned_quant_distill")
+    assert runtime_bench.trained_checkpoints(tmp_path) is None  # the start is in another folder
+    pruned_fp32, relu_block4 = touch("pruned_quant_distill", "best_pruned.pt"), touch("relu_block4_quant")
+    found = runtime_bench.trained_checkpoints(tmp_path, protocol.start_folder(100))
+    assert found == {"dense": start, "quantized": quantized, "pruned": pruned_fp32, "block4": None, "relu": None,
+                     "relu_block4": relu_block4}
+    pruned_only = touch("pruned_distill", "best.pt")
+    # the pruned-only run, when there is one, is the FP32 pruned file
+    assert runtime_bench.trained_checkpoints(tmp_path, "dense_continued_e100")["pruned"] == pruned_only
 
 
 def test_machine_names_the_cpu_its_flags_and_the_gpu() -> None:
