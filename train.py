@@ -49,8 +49,9 @@ from utils.device import (  # noqa: E402
     read_distributed_context,
     seed_everything,
     select_device,
+    unwrap,
 )
-from utils.ema import ModelEMA, unwrap  # noqa: E402
+from utils.ema import ModelEMA  # noqa: E402
 from utils.loggers import TensorBoardLogger  # noqa: E402
 from utils.logs import setup_script_logging  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402

@@ -8,10 +8,7 @@ from copy import deepcopy
 import torch
 from torch import nn
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel."""
-    return model.module if isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel)) else model
+from utils.device import unwrap
 
 
 class ModelEMA:

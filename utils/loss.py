@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from utils.boxes import bbox_iou
+from utils.device import unwrap
 
 # Neighbour cells a target may also be assigned to: itself, then left, up, right, down (in units of the 0.5 offset).
 _CELL_OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
@@ -54,7 +55,7 @@ class ComputeLoss:
     gr = 1.0  # objectness target = IoU (1.0) rather than 1 (0.0)
 
     def __init__(self, model: nn.Module, autobalance: bool = False) -> None:
-        model = model.module if hasattr(model, "module") else model  # unwrap DataParallel / DDP
+        model = unwrap(model)
         detect = model.detect
         device = detect.anchors.device
         hyp = model.hyp

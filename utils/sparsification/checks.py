@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from utils.device import unwrap
 from utils.sparsification.recipes import RecipeError, format_number, is_number
 from utils.sparsification.structure import (
     is_torch_layer_type,
@@ -19,7 +20,6 @@ from utils.sparsification.structure import (
     module_and_type_names,
     named_parameters_canonical,
     pattern_matches,
-    unwrap,
 )
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from utils.device import unwrap
 from utils.sparsification.checks import (
     check_distillation_schedule,
     check_quantization_steps,
@@ -57,7 +58,6 @@ from utils.sparsification.structure import (
     targeted_parameters,
     training_mode,
     unpack_mask,
-    unwrap,
 )
 
 LOGGER = logging.getLogger(__name__)

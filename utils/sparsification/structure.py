@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
+from utils.device import unwrap
 from utils.sparsification.recipes import RecipeError, manager_from_state_text
 
 LOGGER = logging.getLogger(__name__)
@@ -35,12 +36,6 @@ _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 def has_quantization(model: nn.Module) -> bool:
     """Whether the model carries fake-quantize modules (a QAT model); such models export through SparseML."""
     return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """DataParallel / DistributedDataParallel -> the model itself (recipes name the inner model's parameters)."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) and not hasattr(model, "froms") else model
 
 
 def _is_wrapper(module: nn.Module) -> str | None:
