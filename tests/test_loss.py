@@ -100,7 +100,7 @@ def test_autocast_focal_smoothing_and_wrapped_models(model):
     images = torch.rand(2, 3, IMG, IMG)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         preds = model(images)
-        loss, items = ComputeLoss(torch.nn.DataParallel(model))  # as train.py wraps it (DDP alike)(preds, TARGETS)
+        loss, items = ComputeLoss(torch.nn.DataParallel(model))(preds, TARGETS)  # wrapped as train.py wraps it
     assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
 
     model.hyp.update(fl_gamma=1.5, label_smoothing=0.1)
