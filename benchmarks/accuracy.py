@@ -75,9 +75,11 @@ SPARSITY_ARGS = {"final_sparsity_heavy": 0.85, "final_sparsity_inner": 0.7, "fin
 # lr0), on a problem small enough to converge on 2 CPU cores. Converged: over its last CONVERGENCE_WINDOW epochs the
 # best mAP@0.5:0.95 rose by less than CONVERGENCE_RISE (relative); the control fine-tune must not beat it by more.
 PROTOCOL_DATA, PROTOCOL_IMGSZ, PROTOCOL_EPOCHS, PROTOCOL_FINETUNE_EPOCHS = "data/shapes_tiny.yaml", 160, 300, 30
-# Epochs of dense training at the fine-tune's schedule (the control's recipe) between the run from scratch and the
-# start: a start that a dense fine-tune no longer improves (0: the run from scratch is the start).
+# Epochs of each round of dense training at the fine-tune's schedule (the control's recipe) between the run from
+# scratch and the start (0: the run from scratch is the start). Rounds follow each other until one gains less than
+# CONVERGENCE_RISE over the round before it: that round before is the start, a dense fine-tune no longer improves it.
 PROTOCOL_CONTINUE_EPOCHS = 0
+MAX_CONTINUE_ROUNDS = 6
 CONVERGENCE_WINDOW, CONVERGENCE_RISE = 30, 0.01
 DENSE_CURVE = ROOT / "BENCHMARKS_dense_curve.png"  # the accuracy section's convergence plot, beside BENCHMARKS.md
 DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml"]
@@ -171,25 +173,30 @@ def dense_convergence(rows: list[dict], window: int = CONVERGENCE_WINDOW) -> dic
 
 
 def plot_dense_curve(rows: list[dict], path: Path, window: int = CONVERGENCE_WINDOW,
-                     continued: list[dict] = ()) -> Path:
-    """mAP@0.5 and mAP@0.5:0.95 per epoch of the dense run (and of its ``continued`` run after it), the last
-    ``window`` epochs shaded, the learning rate on a second axis: the picture that shows whether the dense side had
-    converged."""
+                     rounds: list[list[dict]] = ()) -> Path:
+    """mAP@0.5 and mAP@0.5:0.95 per epoch of the dense run (and of its continued ``rounds`` after it), the last
+    ``window`` epochs of the run from scratch shaded, the learning rate on a second axis: the picture that shows
+    whether the dense side had converged."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = [*rows, *({**r, "epoch": int(r["epoch"]) + len(rows)} for r in continued)]
+    scratch_epochs = len(rows)
+    boundaries = []
+    for round_rows in rounds:
+        boundaries.append(len(rows))
+        rows = [*rows, *({**r, "epoch": int(r["epoch"]) + len(rows)} for r in round_rows)]
     epochs = [int(r["epoch"]) for r in rows]
     fig = Figure(figsize=(8, 4.5), tight_layout=True)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(epochs, [float(r["metrics/mAP_0.5"]) for r in rows], label="mAP@0.5")
     ax.plot(epochs, [float(r["metrics/mAP_0.5:0.95"]) for r in rows], label="mAP@0.5:0.95")
-    if continued:
-        ax.axvline(epochs[-len(continued)], color="grey", linewidth=0.8)
-        ax.annotate(" continued at the fine-tune's schedule", (epochs[-len(continued)], 0.95), fontsize=8)
-    if len(epochs) > window:
-        ax.axvspan(epochs[-window], epochs[-1], color="grey", alpha=0.2, label=f"last {window} epochs")
+    for number, first in enumerate(boundaries, 1):
+        ax.axvline(first, color="grey", linewidth=0.8)
+        ax.annotate(f" round {number}", (first, 0.95), fontsize=8)
+    if scratch_epochs > window:
+        ax.axvspan(epochs[scratch_epochs - window], epochs[scratch_epochs - 1], color="grey", alpha=0.2,
+                   label=f"last {window} epochs from scratch")
     ax.set(xlabel="epoch", ylabel="mAP (val)", ylim=(0, 1), title="Dense yolov5n: the start of every fine-tune")
     lr_axis = ax.twinx()
     lr_axis.plot(epochs, [float(r.get("x/lr1", 0.0)) for r in rows], color="black", linewidth=0.8, linestyle=":",
@@ -212,17 +219,56 @@ def attempt_name(finetune_epochs: int, attempt: str | None = None,
     return attempt or "_".join(part for part in parts if part)
 
 
-def start_folder(continue_epochs: int = PROTOCOL_CONTINUE_EPOCHS) -> str:
-    """The run folder (in the protocol's project) whose best.pt is the start of the fine-tunes."""
-    return f"dense_continued_e{continue_epochs}" if continue_epochs else "dense"
+def round_folder(continue_epochs: int, number: int) -> str:
+    """The run folder of continued round ``number`` (0: the run from scratch)."""
+    if number == 0:
+        return "dense"
+    return f"dense_continued_e{continue_epochs}" + (f"_r{number}" if number > 1 else "")
 
 
-def continued_run(project: Path, dense_dir: Path, epochs: int, common: list[str], recipe: Path) -> tuple[Path, bool]:
-    """The dense model trained ``epochs`` more epochs dense, under the fine-tune's learning-rate schedule (the
-    control's recipe), in ``project/dense_continued_e<epochs>``; reused when finished. Returns the folder and
-    whether it was reused."""
-    return recipe_run(project, start_folder(epochs), dense_dir / "weights" / "best.pt", epochs, common,
-                      recipe, {"num_epochs": epochs, **FINETUNE_ARGS})
+def start_folder(continue_epochs: int = PROTOCOL_CONTINUE_EPOCHS, project: Path | None = None) -> str:
+    """The run folder (in ``project``, the protocol's by default) whose best.pt starts the fine-tunes: the last round
+    that the round after it improved by less than CONVERGENCE_RISE, as far as the rounds have run."""
+    project = project or BENCH_DIR / "protocol"
+    number = 0
+    while continue_epochs and number < MAX_CONTINUE_ROUNDS:
+        rise = round_rise(project / round_folder(continue_epochs, number), project / round_folder(continue_epochs,
+                                                                                                    number + 1))
+        if rise is None or rise < CONVERGENCE_RISE:
+            break
+        number += 1
+    return round_folder(continue_epochs, number)
+
+
+def round_rise(before: Path, after: Path) -> float | None:
+    """How much the best mAP@0.5:0.95 of ``after`` (a finished round) exceeds that of ``before``, relative."""
+    try:
+        first, second = (float(best_of(read_results(d))["metrics/mAP_0.5:0.95"]) for d in (before, after))
+    except (OSError, ValueError):
+        return None
+    return second / max(first, 1e-9) - 1
+
+
+def continued_rounds(project: Path, epochs: int, common: list[str], recipe: Path) -> dict:
+    """Rounds of ``epochs`` dense epochs at the fine-tune's schedule (the control's recipe), each from the best.pt of
+    the one before, the first from the run from scratch, until a round gains less than CONVERGENCE_RISE (or after
+    MAX_CONTINUE_ROUNDS). Finished rounds are reused. Returns the rounds, the start (the round before the last) and
+    whether the last round confirmed it."""
+    rounds, before = [], project / "dense"
+    for number in range(1, MAX_CONTINUE_ROUNDS + 1):
+        run_dir, reused = recipe_run(project, round_folder(epochs, number), before / "weights" / "best.pt", epochs,
+                                     common, recipe, {"num_epochs": epochs, **FINETUNE_ARGS})
+        rise = round_rise(before, run_dir)
+        best = best_of(read_results(run_dir))
+        rounds.append({"number": number, "folder": run_dir.name, "map": float(best["metrics/mAP_0.5:0.95"]),
+                       "map50": float(best["metrics/mAP_0.5"]), "rise": rise, "reused": reused,
+                       "minutes": run_minutes(run_dir)})
+        if rise < CONVERGENCE_RISE:
+            break
+        before = run_dir
+    converged = rounds[-1]["rise"] < CONVERGENCE_RISE
+    return {"epochs": epochs, "rounds": rounds, "converged": converged,
+            "start": before.name if converged else rounds[-1]["folder"]}
 
 
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = PROTOCOL_DATA,
@@ -248,18 +294,27 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     start_dir, continued = dense_dir, None
     from_scratch = best_of(dense_rows)
     if continue_epochs:
-        start_dir, continued_reused = continued_run(project, dense_dir, continue_epochs, common, control_recipe)
-        continued = {"epochs": continue_epochs, "reused": continued_reused, "minutes": run_minutes(start_dir),
-                     "from_map": float(from_scratch["metrics/mAP_0.5:0.95"]),
-                     "from_map50": float(from_scratch["metrics/mAP_0.5"])}
-    start_rows = read_results(start_dir)
-    dense = best_of(start_rows)
-    plot_dense_curve(dense_rows, curve, continued=start_rows if continued else ())
+        continued = continued_rounds(project, continue_epochs, common, control_recipe)
+        continued.update({"from_map": float(from_scratch["metrics/mAP_0.5:0.95"]),
+                          "from_map50": float(from_scratch["metrics/mAP_0.5"]),
+                          "minutes": sum(r["minutes"] for r in continued["rounds"]
+                                         if r["folder"] != continued["rounds"][-1]["folder"] or
+                                         not continued["converged"])})
+        start_dir = project / continued["start"]
+    dense = best_of(read_results(start_dir))
+    plot_dense_curve(dense_rows, curve, rounds=[read_results(project / r["folder"])
+                                                for r in (continued or {}).get("rounds", [])])
     start = start_dir / "weights" / "best.pt"
     lr_args = {"num_epochs": finetune_epochs, **FINETUNE_ARGS, **(finetune_overrides or {})}
     suffix = f"_{attempt}" if attempt else ""
-    control_dir, control_reused = recipe_run(project, f"control{suffix}", start, finetune_epochs, common,
-                                             control_recipe, lr_args)
+    last_round = continued["rounds"][-1] if continued else None
+    if (continued and continued["converged"] and finetune_epochs == continue_epochs
+            and lr_args == {"num_epochs": continue_epochs, **FINETUNE_ARGS}):
+        # the round that confirmed the start is the same fine-tune from it, left dense: the control, not run twice
+        control_dir, control_reused = project / last_round["folder"], True
+    else:
+        control_dir, control_reused = recipe_run(project, f"control{suffix}", start, finetune_epochs, common,
+                                                 control_recipe, lr_args)
     control = best_of(read_results(control_dir))
     start_map, control_map = float(dense["metrics/mAP_0.5:0.95"]), float(control["metrics/mAP_0.5:0.95"])
     baseline = max((dense, control), key=lambda r: float(fitness(metrics_of(r))[0]))
@@ -364,12 +419,15 @@ def continued_markdown(a: dict) -> list[str]:
     c = a.get("continued")
     if not c:
         return []
-    reused = ", reused" if c["reused"] else ""
-    return [f"The start here is not the dense run itself: that run ({c['from_map']:.3f}) continued {c['epochs']} "
-            f"epochs dense under the fine-tune's schedule (the control's recipe; {c['minutes']:.0f} min{reused}) "
-            f"reached {a['start_map']:.3f} ({a['start_map'] / max(c['from_map'], 1e-9) - 1:+.1%}). The control and "
-            f"the sparse runs start from that model, and distil from it. Curve: [{Path(a['curve']).name}]"
-            f"({a['curve']}).", ""]
+    rounds = ", ".join(f"round {r['number']} {r['map']:.3f} ({r['rise']:+.1%})" for r in c["rounds"])
+    verdict = (f"the start is {c['start']} ({a['start_map']:.3f}), and the round after it, under 1% better, "
+               f"confirms it" if c["converged"] else
+               f"NOT converged after {len(c['rounds'])} rounds: the start is the last round ({a['start_map']:.3f})")
+    return [f"The start is not the run from scratch itself: that run ({c['from_map']:.3f}) was trained on dense in "
+            f"rounds of {c['epochs']} epochs under the fine-tune's schedule (the control's recipe, each round from "
+            f"the best epoch of the one before) until a round gained less than 1%: {rounds}; {verdict}. The "
+            f"rounds before the start took {c['minutes']:.0f} min. The control and the sparse runs start from "
+            f"that model and distil from it. Curve (all rounds): [{Path(a['curve']).name}]({a['curve']}).", ""]
 
 
 def keep_other_variants(previous: dict | None, result: dict, origin: str) -> dict:

@@ -333,7 +333,7 @@ def test_the_runtime_section_times_the_protocols_trained_files_and_falls_back_to
     start, quantized = touch("dense_continued_e100", "best.pt"), touch("pruned_quant_distill")
     assert runtime_bench.trained_checkpoints(tmp_path) is None  # the start is in another folder
     pruned_fp32, relu_block4 = touch("pruned_quant_distill", "best_pruned.pt"), touch("relu_block4_quant")
-    found = runtime_bench.trained_checkpoints(tmp_path, protocol.start_folder(100))
+    found = runtime_bench.trained_checkpoints(tmp_path, "dense_continued_e100")
     assert found == {"dense": start, "quantized": quantized, "pruned": pruned_fp32, "block4": None, "relu": None,
                      "relu_block4": relu_block4}
     pruned_only = touch("pruned_distill", "best.pt")
@@ -397,7 +397,7 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     maps = {"dense": [0.1, 0.3, 0.5, 0.6, 0.6, 0.601], "control": [0.55, 0.6, 0.603],
             "pruned_distill": [0.5, 0.58, 0.59], "quant": [0.59, 0.595, 0.596],
             "pruned_quant_distill": [0.5, 0.57, 0.594], "relu_block4_quant": [0.4, 0.5, 0.58],
-            "dense_continued_e3": [0.58, 0.62, 0.625]}
+            "dense_continued_e3": [0.58, 0.62, 0.625], "dense_continued_e3_r2": [0.6, 0.62, 0.628]}
     commands = []
 
     def fake_train(command: list[str]) -> float:  # writes what train.py would: opt.yaml, results.csv, weights
@@ -445,25 +445,31 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     assert [c[c.index("--name") + 1] for c in commands] == ["control_lowlr", "quant_lowlr"]
     control_args, quant_args = (json.loads(c[c.index("--recipe-args") + 1]) for c in commands)
     assert control_args["init_lr"] == 0.0005 and quant_args["qat_init_lr"] == 5e-05
-    # a continued start: the dense run trained on at the fine-tune's schedule is the start of the control and of
-    # the sparse runs (and their teacher); the curve shows both runs
+    # a continued start: the dense run trained on in rounds at the fine-tune's schedule until a round gains under 1%;
+    # the round before is the start of the sparse runs (and their teacher), the last round its control
     commands.clear()
     name = protocol.attempt_name(3, continue_epochs=3)
     continued = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill",),
                                   project=tmp_path, curve=tmp_path / "continued.png", attempt=name, continue_epochs=3)
     assert name == "continued3_e3"
-    assert [c[c.index("--name") + 1] for c in commands] == ["dense_continued_e3", "control_continued3_e3",
+    assert [c[c.index("--name") + 1] for c in commands] == ["dense_continued_e3", "dense_continued_e3_r2",
                                                               "pruned_quant_distill_continued3_e3"]
     start = str(tmp_path / "dense_continued_e3" / "weights" / "best.pt")
     assert commands[0][commands[0].index("--weights") + 1] == str(tmp_path / "dense" / "weights" / "best.pt")
+    assert commands[1][commands[1].index("--weights") + 1] == start
     sparse = commands[2]
     assert sparse[sparse.index("--weights") + 1] == sparse[sparse.index("--teacher-weights") + 1] == start
     assert continued["start_map"] == 0.625 and continued["continued"]["from_map"] == 0.601
+    assert continued["continued"]["converged"] and continued["continued"]["start"] == "dense_continued_e3"
+    assert continued["control_map"] == 0.628 and continued["control_reused"]  # the confirming round, not rerun
+    assert [round(r["rise"], 4) for r in continued["continued"]["rounds"]] == [round(0.625 / 0.601 - 1, 4),
+                                                                                 round(0.628 / 0.625 - 1, 4)]
     assert continued["dense_best_epoch"] == 5 and (tmp_path / "continued.png").stat().st_size > 10_000
+    assert protocol.start_folder(3, tmp_path) == "dense_continued_e3"  # what the runtime section times
     text = "\n".join(protocol.attempt_markdown({**continued, "attempt": name, "command": "c", "date": "d",
                                                 "machine": "m"}))
-    assert "that run (0.601) continued 3 epochs dense under the fine-tune's schedule" in text
-    assert "reached 0.625 (+4.0%)" in text
+    assert "that run (0.601) was trained on dense in rounds of 3 epochs" in text
+    assert "round 1 0.625 (+4.0%), round 2 0.628 (+0.5%); the start is dense_continued_e3 (0.625)" in text
 
 
 def test_the_header_names_the_sections_whose_maps_predate_the_val_fix() -> None:
