@@ -398,15 +398,22 @@ def attempt_markdown(a: dict) -> list[str]:
     """An attempt at the protocol's target with a longer fine-tune: its command, its own control and its rows,
     recovery against the better of the start and that control."""
     changed = ", ".join(f"{k} {v}" for k, v in a.get("overrides", {}).items())
+    start = ("The start: the dense run continued in rounds (below)" if a.get("continued")
+             else "The same start")
     lines = [f"### Attempt {a.get('attempt', '')}: fine-tunes of {a['finetune_epochs']} epochs"
-             + (f", {changed}" if changed else ""), "",
-             f"Measured by `{a['command']}`, {a['date']}, on {a['machine']}. The same start; pruning ends at epoch "
+             + (f", {changed}" if changed else "")
+             + (f", from a start continued in rounds of {a['continued']['epochs']} epochs" if a.get("continued")
+                else ""), "",
+             f"Measured by `{a['command']}`, {a['date']}, on {a['machine']}. {start}; pruning ends at epoch "
              f"{a['finetune_args'].get('pruning_end_epoch')}, the other arguments as above. Control: "
              f"{a['control_map']:.3f} ({a['control_rise']:+.1%} over the start); recovery against the "
              f"{a['baseline']} ({a['baseline_map']:.3f}).", "",
              *continued_markdown(a),
              "| model | mAP@0.5 | mAP@0.5:0.95 | conv weight sparsity | recovery (mAP@0.5:0.95) | minutes |",
              "|---|---|---|---|---|---|",
+             *([f"| start ({a['continued']['start']}) | {a['start_map50']:.3f} | {a['start_map']:.3f} | 0 | "
+                f"{a['start_map'] / a['baseline_map']:.1%} | {a['dense_minutes'] + a['continued']['minutes']:.0f} |"]
+               if a.get("continued") else []),
              f"| control | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
              f"{a['control_map'] / a['baseline_map']:.1%} | {a['control_minutes']:.0f} |"]
     lines += [f"| {r['name']} | {r['map50']:.3f} | {r['map']:.3f} | {r['sparsity']:.3f} | {r['recovery']:.1%} | "
