@@ -283,7 +283,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     learning-rate schedule. Recovery divides a sparse run's mAP@0.5:0.95 by the better of the start and the control;
     the control beating the start by more than CONVERGENCE_RISE would say the start had not converged.
     ``finetune_overrides`` replace FINETUNE_ARGS values (learning rates, QAT length) for an ``attempt``.
-    ``continue_epochs``: the start is the dense model continued that many epochs at the fine-tune's schedule.
+    ``continue_epochs``: the start is the dense model trained on in rounds of that many epochs at the fine-tune's
+    schedule until a round gains under CONVERGENCE_RISE (``continued_rounds``).
     """
     project.mkdir(parents=True, exist_ok=True)
     common = benchmark_args(data, imgsz, batch, project)
