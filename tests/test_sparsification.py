@@ -175,6 +175,7 @@ class Run:
     checkpoints: dict[int, dict] = field(default_factory=dict)  # weights-only round-tripped, as train.py saves them
     references: dict[int, nn.Module] = field(default_factory=dict)  # deep copies of the model at chosen epochs
     masked_nonzero: float = 0.0  # largest |weight| under a zero mask, model and EMA, after any optimizer step
+    masked_checks: dict[int, int] = field(default_factory=dict)  # per epoch: optimizer steps the masks were checked
     distillation: dict[int, float] = field(default_factory=dict)  # per epoch: the largest loss the recipe added
     autocast: dict[int, set] = field(default_factory=dict)  # per epoch: autocast states seen by training forwards
     epoch: int = 0  # the epoch being trained
@@ -197,6 +198,7 @@ def watch(run: Run, sparsifier, model: nn.Module) -> None:
     def after_optimizer_step(model: nn.Module, ema_model: nn.Module | None) -> None:
         after_step(model, ema_model)
         run.masked_nonzero = max(run.masked_nonzero, largest_masked_weight(sparsifier, model, ema_model))
+        run.masked_checks[run.epoch] = run.masked_checks.get(run.epoch, 0) + 1
 
     def loss_computed(loss, predictions, images, targets):
         total = add_loss(loss, predictions, images, targets)
@@ -358,6 +360,8 @@ def test_qat_quantizes_residual_adds_and_detect_convs_but_not_concat_or_decode(f
 
 
 def test_pruned_weights_stay_zero_in_model_and_ema_after_every_step(full_run):
+    # The loop must hand every epoch's optimizer steps to the sparsifier, or nothing re-masks the EMA.
+    assert sorted(full_run.masked_checks) == list(range(5)) and min(full_run.masked_checks.values()) > 0
     assert full_run.masked_nonzero == 0.0
     weights = dict(full_run.model.named_parameters())
     ids = canonical_names(full_run.model)
