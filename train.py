@@ -119,7 +119,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
-    parser.add_argument("--patience", type=int, default=100, help="early stopping patience (epochs without gain)")
+    parser.add_argument("--patience", type=int, default=100,
+                        help="early stopping patience (epochs without gain; 0: never stop early)")
     parser.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
     parser.add_argument("--save-period", type=int, default=-1, help="save a checkpoint every x epochs (<1: off)")
     parser.add_argument("--seed", type=int, default=0, help="global training seed")
@@ -438,6 +439,20 @@ def write_checkpoints(loop: TrainingLoop, state: RunState, *, save_dir: Path, ep
         save_checkpoint(checkpoint, weights_dir / f"epoch{epoch}.pt")
 
 
+def stops_early(patience: int, patience_left: int, sparsifying: bool) -> bool:
+    """Whether --patience ends the run now: never with a recipe (the recipe decides the length) or with patience 0
+    (as in Ultralytics' train.py), else once ``patience`` epochs in a row brought no gain."""
+    return patience > 0 and patience_left <= 0 and not sparsifying
+
+
+def mark_finished(path: Path) -> None:
+    """Mark a run stopped early by --patience as finished, as its final epoch would: --resume then refuses it (it
+    would train on past the stop) and tools that wait for a run to end see that it has."""
+    checkpoint = load_checkpoint(path)
+    checkpoint["final"] = True
+    save_checkpoint(checkpoint, path)
+
+
 def strip_optimizer(path: Path) -> None:
     """Drop optimizer and scaler state from a finished run's checkpoint (smaller file, same weights)."""
     checkpoint = load_checkpoint(path)
@@ -533,8 +548,9 @@ def train(opt: argparse.Namespace, context: DistributedContext) -> dict:
             results, improved = end_epoch(loop, state, epoch, opt, hyp, data, val_loader, save_dir, results,
                                           mean_loss, learning_rates, tensorboard, epoch_started)
             patience_left = opt.patience if improved else patience_left - 1
-            if patience_left <= 0 and not sparsifier.enabled:
+            if stops_early(opt.patience, patience_left, sparsifier.enabled):
                 LOGGER.info("stopping early: no improvement in the last %d epochs (--patience)", opt.patience)
+                mark_finished(save_dir / "weights" / "last.pt")
                 stop = True
         if context.enabled:
             flag = [stop]
@@ -762,8 +778,11 @@ def restore_run_state(checkpoint: dict, optimizer, scaler, ema: ModelEMA | None,
     if ema is not None and ema_enabled:
         ema.ema.load_state_dict(checkpoint["ema"], strict=True)
         ema.updates = int(checkpoint.get("ema_updates", 0))
-    LOGGER.info("resuming from epoch %d", checkpoint["epoch"] + 1)
-    return RunState(start_epoch=int(checkpoint["epoch"]) + 1, best_fitness=float(checkpoint["best_fitness"]),
+    start_epoch = int(checkpoint["epoch"]) + 1
+    if checkpoint.get("final"):  # its last epoch, or a stop by --patience: no epoch is left to train, only the end
+        start_epoch = max(start_epoch, int(options.get("epochs", 0)))
+    LOGGER.info("resuming from epoch %d", start_epoch)
+    return RunState(start_epoch=start_epoch, best_fitness=float(checkpoint["best_fitness"]),
                     phase=options.get("phase", "dense"), phase_best_fitness=dict(checkpoint["phase_best_fitness"]),
                     ema_enabled=ema_enabled, amp_enabled=bool(options.get("amp_enabled", False)),
                     train_seconds=float(options.get("train_seconds", 0.0)))

@@ -31,6 +31,13 @@ from benchmarks.scratch import scratch
 from benchmarks.throughput import throughput
 
 
+def own_start(opt: argparse.Namespace) -> bool:
+    """Whether an accuracy attempt starts from a dense model other than the protocol's (other rounds, size, data,
+    epochs or project): its curve then gets a file of its own instead of redrawing the protocol's."""
+    return (opt.continue_epochs != PROTOCOL_CONTINUE_EPOCHS or opt.epochs != PROTOCOL_EPOCHS
+            or opt.imgsz != PROTOCOL_IMGSZ or opt.data != PROTOCOL_DATA or opt.project != BENCH_DIR / "protocol")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["throughput", "demo", "accuracy", "scratch", "runtime"], action="append")
@@ -73,8 +80,8 @@ def main() -> None:
         result = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data, tuple(opt.variants),
                           opt.project, finetune_overrides=overrides, attempt=attempt,
                           continue_epochs=opt.continue_epochs,
-                          curve=DENSE_CURVE.with_name(f"{DENSE_CURVE.stem}_{attempt}.png") if attempt and
-                          opt.continue_epochs != PROTOCOL_CONTINUE_EPOCHS else DENSE_CURVE)
+                          curve=DENSE_CURVE.with_name(f"{DENSE_CURVE.stem}_{attempt}.png")
+                          if attempt and own_start(opt) else DENSE_CURVE)
         if not attempt:
             earlier = results.get("commands", {}).get("accuracy", {})
             origin = f"`{earlier.get('command', 'python benchmarks.py')}`, {earlier.get('date', 'date unknown')}"

@@ -78,7 +78,18 @@ def finished_run(run_dir: Path, epochs: int, expected: dict) -> bool:
         done = len(read_results(run_dir)) == epochs and (run_dir / "weights" / "best.pt").is_file()
     except OSError:
         return False
-    return done and same_settings(run_dir, expected)
+    return (done or stopped_early(run_dir)) and same_settings(run_dir, expected)
+
+
+def stopped_early(run_dir: Path) -> bool:
+    """Whether train.py ended the run in ``run_dir`` before its last epoch (--patience): its last.pt is marked final
+    and its optimizer stripped. Such a run is finished; resuming it would train past the stop."""
+    try:
+        checkpoint = load_checkpoint(run_dir / "weights" / "last.pt")
+    except CheckpointError:
+        return False
+    return bool(checkpoint.get("final")) and checkpoint.get("optimizer") is None and (run_dir / "weights" /
+                                                                                     "best.pt").is_file()
 
 
 def train_stage(run_dir: Path, epochs: int, expected: dict, command: list[str], what: str) -> bool:

@@ -199,6 +199,15 @@ def resumable_run(recipe: str | None) -> Callable[[Path], None]:
     return setup
 
 
+def run_stopped_early(w: Path) -> None:
+    """A run that --patience ended after epoch 0 of 3: train.py marks its last.pt finished, then strips it."""
+    import train
+
+    resumable_run(None)(w)
+    train.mark_finished(w / "runs" / "exp" / "weights" / "last.pt")
+    train.strip_optimizer(w / "runs" / "exp" / "weights" / "last.pt")
+
+
 def finished_run(w: Path) -> None:
     resumable_run(None)(w)
     from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -432,6 +441,8 @@ CASES = [
          ("checkpoint not found: {w}/runs/exp/weights/last.pt", "pass the path of an existing .pt file")),
     Case("cli-resume-finished-run", finished_run, ("train.py", "--resume", "{w}/runs/exp/weights/last.pt"), 1,
          ("is from a finished run; nothing to resume", "Start a new run with --weights")),
+    Case("cli-resume-run-stopped-early", run_stopped_early, ("train.py", "--resume", "{w}/runs/exp/weights/last.pt"),
+         1, ("is from a finished run; nothing to resume", "Start a new run with --weights")),
     Case("cli-hyp-missing-keys", write_text("hyp.yaml", "lr0: 0.01\n"), train("--hyp", "{w}/hyp.yaml"), 1,
          ("{w}/hyp.yaml: missing or non-numeric hyperparameters lrf, momentum", "copy them from data/hyps/")),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -259,6 +260,28 @@ def test_the_notes_section_survives_every_run_and_the_new_demo_prints_its_table(
     assert "| pruned INT8 (QDQ), onnxruntime | 0.650 | 0.440 | 2.00 | 1.55x | 2.0 | 77% |" in text
 
 
+def test_a_run_stopped_early_by_patience_is_finished_not_resumed(tmp_path, monkeypatch) -> None:
+    """train.py --patience can end the dense run before its last epoch: it marks last.pt final and strips it. The
+    benchmark reuses that run; resuming it would train past the stop (it did, on a 700-epoch run at 128 px)."""
+    from utils.checkpoint import FORMAT_NAME, save_checkpoint
+
+    settings = {"weights": "", "cfg": "yolov5n.yaml", "optimizer": "AdamW", "hyp": "data/hyps/hyp.short.yaml",
+                "imgsz": 224, "data": "data/shapes_small.yaml", "epochs": 3}
+    fake_run(tmp_path / "dense", settings, [0.1, 0.1], ["dense", "dense"])  # 2 of 3 epochs, then stopped
+    last = tmp_path / "dense" / "weights" / "last.pt"
+    commands = []
+    monkeypatch.setattr(runs, "run_command", lambda args: commands.append(args) or 0.0)
+    common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
+    interrupted = {"format": FORMAT_NAME, "epoch": 1, "final": False, "optimizer": {"state": {}}}
+    save_checkpoint(interrupted, last)  # an interrupted run: resumed
+    assert protocol.dense_run(tmp_path, 3, common) == (tmp_path / "dense", False) and commands
+    commands.clear()
+    save_checkpoint({**interrupted, "final": True, "optimizer": None}, last)  # stopped by --patience: reused
+    assert protocol.dense_run(tmp_path, 3, common) == (tmp_path / "dense", True) and commands == []
+    flags = dict(zip(protocol.DENSE_ARGS[::2], protocol.DENSE_ARGS[1::2]))
+    assert flags["--patience"] == "0"  # and the protocol's own dense run follows its whole schedule
+
+
 def fake_run(run_dir, settings: dict, maps: list[float], phases: list[str]) -> None:
     """A finished train.py run folder: opt.yaml, results.csv (one row per mAP@0.5:0.95 in ``maps``) and weights."""
     import yaml
@@ -314,7 +337,8 @@ def test_the_scratch_section_runs_the_dense_command_plus_the_recipe_and_divides_
     assert result["phase_starts"] == {"dense": 0, "pruned": 1, "pruned_quantized": 4}
     text = "\n".join(scratch_section.scratch_markdown(result))
     assert "Both runs: `python train.py --cfg yolov5n.yaml --weights '' --optimizer AdamW --hyp " \
-           "data/hyps/hyp.short.yaml --data data/shapes_small.yaml --imgsz 224 --batch-size 32`, 6 epochs" in text
+           "data/hyps/hyp.short.yaml --patience 0 --data data/shapes_small.yaml --imgsz 224 --batch-size 32`, " \
+           "6 epochs" in text
     assert "phases: dense from epoch 0, pruned from epoch 1, pruned_quantized from epoch 4" in text
     assert "(their first 2 epochs validated to the same mAP, digit for digit)" in text  # 0.1, 0.2; then 0.35 != 0.3
     assert "| pruned_quant_scratch (reused) | 1.188 | 0.594 | 0.770 | 99.0% | 5 |" in text
@@ -481,3 +505,24 @@ def test_the_header_names_the_sections_whose_maps_predate_the_val_fix() -> None:
     results["commands"]["runtime"]["date"] = "2026-12-06 08:00 UTC"
     assert "not re-measured" not in report.val_fix_note(results)[0]
 
+
+
+def test_an_attempt_from_another_dense_run_draws_its_own_curve() -> None:
+    """The protocol's convergence curve is redrawn only by runs that start from the protocol's dense model; an
+    attempt at another size (it overwrote BENCHMARKS_dense_curve.png once) writes a curve of its own."""
+    from benchmarks import cli
+
+    def options(*flags: str):
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--epochs", type=int, default=protocol.PROTOCOL_EPOCHS)
+        parser.add_argument("--imgsz", type=int, default=protocol.PROTOCOL_IMGSZ)
+        parser.add_argument("--data", default=protocol.PROTOCOL_DATA)
+        parser.add_argument("--continue-epochs", type=int, default=protocol.PROTOCOL_CONTINUE_EPOCHS)
+        parser.add_argument("--project", type=Path, default=runs.BENCH_DIR / "protocol")
+        return parser.parse_args(list(flags))
+
+    assert not cli.own_start(options())  # e.g. --attempt lowlr: the same start, the same curve
+    assert cli.own_start(options("--imgsz", "128"))
+    assert cli.own_start(options("--epochs", "700"))
+    assert cli.own_start(options("--continue-epochs", "100"))
+    assert cli.own_start(options("--project", "runs/bench/protocol128"))

@@ -103,3 +103,14 @@ def test_resume_with_another_recipe_is_refused(tmp_path, shapes_dataset):
     with pytest.raises(SystemExit) as exit_info:
         train.run(resume=str(weights / "last.pt"), sparsification_recipe="recipes/demo.yaml")
     assert "different recipe" in str(exit_info.value.__cause__)
+
+
+def test_patience_stops_a_dense_run_but_not_a_recipe_run_and_zero_never_stops() -> None:
+    """--patience as in Ultralytics: N epochs without gain end a dense run; 0 turns early stopping off; a recipe
+    run always runs the recipe's epochs (stopping mid-schedule would skip pruning or QAT)."""
+    import train
+
+    assert train.stops_early(patience=100, patience_left=0, sparsifying=False)
+    assert not train.stops_early(patience=100, patience_left=1, sparsifying=False)
+    assert not train.stops_early(patience=100, patience_left=0, sparsifying=True)
+    assert not train.stops_early(patience=0, patience_left=-577, sparsifying=False)
