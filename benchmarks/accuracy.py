@@ -402,8 +402,9 @@ def attempt_markdown(a: dict) -> list[str]:
     """An attempt at the protocol's target with a longer fine-tune: its command, its own control and its rows,
     recovery against the better of the start and that control."""
     changed = ", ".join(f"{k} {v}" for k, v in a.get("overrides", {}).items())
+    own = own_start(a)
     start = ("The start: the dense run continued in rounds (below)" if a.get("continued")
-             else "The same start")
+             else own or "The same start")
     lines = [f"### Attempt {a.get('attempt', '')}: fine-tunes of {a['finetune_epochs']} epochs"
              + (f", {changed}" if changed else "")
              + (f", from a start continued in rounds of {a['continued']['epochs']} epochs" if a.get("continued")
@@ -418,11 +419,28 @@ def attempt_markdown(a: dict) -> list[str]:
              *([f"| start ({a['continued']['start']}) | {a['start_map50']:.3f} | {a['start_map']:.3f} | 0 | "
                 f"{a['start_map'] / a['baseline_map']:.1%} | {a['dense_minutes'] + a['continued']['minutes']:.0f} |"]
                if a.get("continued") else []),
+             *([f"| start (dense) | {a['start_map50']:.3f} | {a['start_map']:.3f} | 0 | "
+                f"{a['start_map'] / a['baseline_map']:.1%} | {a['dense_minutes']:.0f} |"] if own else []),
              f"| control | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
              f"{a['control_map'] / a['baseline_map']:.1%} | {a['control_minutes']:.0f} |"]
     lines += [f"| {r['name']} | {r['map50']:.3f} | {r['map']:.3f} | {r['sparsity']:.3f} | {r['recovery']:.1%} | "
               f"{r['minutes']:.0f} |" for r in a["sparse"]]
     return [*lines, ""]
+
+
+def own_start(a: dict) -> str:
+    """The sentence on an attempt's dense start when it is not the protocol's (another size, data or length; ""
+    when it is the protocol's or a continued one)."""
+    if a.get("continued") or (a.get("imgsz"), a.get("data"), a.get("dense_epochs")) == (
+            PROTOCOL_IMGSZ, PROTOCOL_DATA, PROTOCOL_EPOCHS):
+        return ""
+    c = a.get("convergence", {})
+    stopped = (f", stopped by --patience after epoch {c['epochs'] - 1}"
+               if c.get("epochs", a["dense_epochs"]) < a["dense_epochs"] else "")
+    return (f"Its own start, not the protocol's: dense yolov5n from scratch on `{a['data']}` at {a['imgsz']} px, "
+            f"{a['dense_epochs']} epochs{stopped} ({a['dense_minutes']:.0f} min), best epoch "
+            f"{a.get('dense_best_epoch')}: mAP@0.5:0.95 {a['start_map']:.3f}; over its last {c.get('window')} "
+            f"epochs its best rose {c.get('rise', 0):.2%}. Curve: [{Path(a['curve']).name}]({a['curve']})")
 
 
 def continued_markdown(a: dict) -> list[str]:

@@ -526,3 +526,20 @@ def test_an_attempt_from_another_dense_run_draws_its_own_curve() -> None:
     assert cli.own_start(options("--epochs", "700"))
     assert cli.own_start(options("--continue-epochs", "100"))
     assert cli.own_start(options("--project", "runs/bench/protocol128"))
+
+
+def test_an_attempt_from_its_own_dense_run_says_so_and_lists_that_start() -> None:
+    """An attempt at another size trains its own dense model: its section may not call it "the same start"."""
+    attempt = {"attempt": "s700_128", "finetune_epochs": 100, "command": "python benchmarks.py ...", "date": "d",
+               "machine": "m", "finetune_args": {"pruning_end_epoch": 40.0}, "data": protocol.PROTOCOL_DATA,
+               "imgsz": 128, "dense_epochs": 700, "dense_minutes": 70.4, "dense_best_epoch": 477,
+               "convergence": {"epochs": 578, "window": 30, "rise": 0.004}, "curve": "BENCHMARKS_dense_curve_x.png",
+               "start_map": 0.454, "start_map50": 0.66, "control_map": 0.48, "control_map50": 0.7,
+               "control_rise": 0.057, "control_minutes": 13, "baseline": "control", "baseline_map": 0.48,
+               "sparse": []}
+    text = "\n".join(protocol.attempt_markdown(attempt))
+    assert "The same start" not in text
+    assert "at 128 px, 700 epochs, stopped by --patience after epoch 577 (70 min), best epoch 477" in text
+    assert "| start (dense) | 0.660 | 0.454 | 0 | 94.6% | 70 |" in text
+    protocol_attempt = {**attempt, "imgsz": protocol.PROTOCOL_IMGSZ, "dense_epochs": protocol.PROTOCOL_EPOCHS}
+    assert "The same start" in "\n".join(protocol.attempt_markdown(protocol_attempt))
