@@ -82,10 +82,10 @@ PROTOCOL_CONTINUE_EPOCHS = 0
 MAX_CONTINUE_ROUNDS = 6
 CONVERGENCE_WINDOW, CONVERGENCE_RISE = 30, 0.01
 DENSE_CURVE = ROOT / "BENCHMARKS_dense_curve.png"  # the accuracy section's convergence plot, beside BENCHMARKS.md
-# --patience 0: the dense run follows its whole schedule down to the low learning rate that convergence is judged at
+DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml"]
+# The protocol's dense run follows its whole schedule down to the low learning rate that convergence is judged at
 # (train.py's default patience of 100 ended a 700-epoch run at 128 px at epoch 577, its learning rate still 0.00055).
-DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml",
-              "--patience", "0"]
+NO_EARLY_STOP = ["--patience", "0"]
 # The scratch section: the dense run's command plus this recipe (no learning-rate modifiers, so YOLOv5's schedule
 # and warm-up run exactly as in the dense run), at the fine-tunes' sparsities (SPARSITY_ARGS).
 SCRATCH_RECIPE = "recipes/yolov5n.pruned_quant_scratch.yaml"
@@ -108,7 +108,7 @@ def dense_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool
     """Train the dense model, or reuse a finished run of the same settings (a rerun then trains only the
     fine-tunes). Returns the run folder and whether it was reused."""
     run_dir = project / "dense"
-    command = ["train.py", *DENSE_ARGS, "--epochs", str(epochs), "--name", "dense", *common]
+    command = ["train.py", *DENSE_ARGS, *NO_EARLY_STOP, "--epochs", str(epochs), "--name", "dense", *common]
     expected = {**scratch_settings(common), "epochs": epochs}
     return run_dir, train_stage(run_dir, epochs, expected, command, f"dense, {epochs} epochs")
 
