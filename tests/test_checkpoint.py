@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 from models.yolo import DetectionModel
 from utils.checkpoint import CheckpointError, build_checkpoint, float_state_dict, load_checkpoint, save_checkpoint
 from utils.weights import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint(model: DetectionModel, epoch: int = 0) -> dict:
@@ -62,13 +65,17 @@ def test_a_released_checkpoint_holds_the_ema_weights_in_half_precision_and_loads
     model, ema = DetectionModel("yolov5n.yaml", nc=2).eval(), DetectionModel("yolov5n.yaml", nc=2).eval()
     checkpoint = _checkpoint(model)
     checkpoint.update(ema=float_state_dict(ema), ema_updates=10, final=False,
-                      optimizer={"state": {}, "param_groups": []})
+                      optimizer={"state": {}, "param_groups": []},
+                      options={"save_dir": str(tmp_path / "runs" / "dense"), "epochs": 3,
+                               "hyp": str(ROOT / "data" / "hyps" / "hyp.short.yaml")})
     run_file = save_checkpoint(checkpoint, tmp_path / "best.pt")
     from utils.checkpoint import release_checkpoint
 
     released = release_checkpoint(run_file, tmp_path / "release.pt")
     raw = torch.load(released, weights_only=True)
     assert raw["ema"] is None and raw["optimizer"] is None and raw["final"]
+    # no path of the training machine travels with the file
+    assert raw["options"] == {"save_dir": "dense", "epochs": 3, "hyp": "data/hyps/hyp.short.yaml"}
     assert {v.dtype for v in raw["model"].values() if v.is_floating_point()} == {torch.float16}
     assert released.stat().st_size < 0.3 * run_file.stat().st_size
     loaded = load_weights(released).model
@@ -89,3 +96,8 @@ def test_a_sparsified_checkpoint_is_not_released_in_half_precision(tmp_path):
 
     with pytest.raises(CheckpointError, match="last.pt carries a sparsification state"):
         release_checkpoint(path, tmp_path / "release.pt")
+
+
+def test_the_shipped_demo_weights_name_no_path_of_the_machine_that_trained_them():
+    raw = torch.load(ROOT / "weights" / "yolov5n-shapes.pt", weights_only=True)
+    assert not [value for value in raw["options"].values() if isinstance(value, str) and value.startswith("/")]

@@ -146,5 +146,19 @@ def release_checkpoint(source: str | Path, target: str | Path) -> Path:
                               f"Use its last.pt or best.pt as it is.")
     weights = checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"]
     half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    checkpoint.update(model=half, ema=None, ema_updates=0, optimizer=None, scaler=None, final=True)
+    checkpoint.update(model=half, ema=None, ema_updates=0, optimizer=None, scaler=None, final=True,
+                      options=portable_options(checkpoint.get("options") or {}))
     return save_checkpoint(checkpoint, target)
+
+
+def portable_options(options: dict) -> dict:
+    """A run's options without the paths of the machine that trained it (a released file travels): an absolute path
+    becomes relative to the repository when inside it, else just its name."""
+    root = Path(__file__).resolve().parents[1]
+
+    def portable(value: Any) -> Any:
+        if not isinstance(value, str) or not os.path.isabs(value):
+            return value
+        path = Path(value)
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    return {key: portable(value) for key, value in options.items()}
