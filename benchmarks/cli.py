@@ -38,7 +38,8 @@ def own_start(opt: argparse.Namespace) -> bool:
             or opt.imgsz != PROTOCOL_IMGSZ or opt.data != PROTOCOL_DATA or opt.project != BENCH_DIR / "protocol")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """benchmarks.py's command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["throughput", "demo", "accuracy", "scratch", "runtime"], action="append")
     parser.add_argument("--epochs", type=int, default=PROTOCOL_EPOCHS,
@@ -61,6 +62,11 @@ def main() -> None:
     parser.add_argument("--data", default=PROTOCOL_DATA, help="dataset of the accuracy and scratch benchmarks")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per throughput measurement")
     parser.add_argument("--quick", action="store_true", help="runtime section: fewer runs, mAP at 320 only (minutes)")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     opt = parser.parse_args()
     sections = opt.only or ["throughput", "demo", "accuracy", "scratch", "runtime"]
     command = ("python benchmarks.py " + " ".join(sys.argv[1:])).strip()

@@ -75,10 +75,10 @@ def same_settings(run_dir: Path, expected: dict) -> bool:
 def finished_run(run_dir: Path, epochs: int, expected: dict) -> bool:
     """Whether ``run_dir`` holds a finished run of ``epochs`` epochs with the ``expected`` settings."""
     try:
-        done = len(read_results(run_dir)) == epochs and (run_dir / "weights" / "best.pt").is_file()
+        done = len(read_results(run_dir)) == epochs or stopped_early(run_dir)
     except OSError:
         return False
-    return (done or stopped_early(run_dir)) and same_settings(run_dir, expected)
+    return done and (run_dir / "weights" / "best.pt").is_file() and same_settings(run_dir, expected)
 
 
 def stopped_early(run_dir: Path) -> bool:
@@ -88,8 +88,7 @@ def stopped_early(run_dir: Path) -> bool:
         checkpoint = load_checkpoint(run_dir / "weights" / "last.pt")
     except CheckpointError:
         return False
-    return bool(checkpoint.get("final")) and checkpoint.get("optimizer") is None and (run_dir / "weights" /
-                                                                                     "best.pt").is_file()
+    return bool(checkpoint.get("final")) and checkpoint.get("optimizer") is None
 
 
 def train_stage(run_dir: Path, epochs: int, expected: dict, command: list[str], what: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -505,20 +504,13 @@ def test_the_header_names_the_sections_whose_maps_predate_the_val_fix() -> None:
     assert "not re-measured" not in report.val_fix_note(results)[0]
 
 
-
 def test_an_attempt_from_another_dense_run_draws_its_own_curve() -> None:
     """The protocol's convergence curve is redrawn only by runs that start from the protocol's dense model; an
     attempt at another size (it overwrote BENCHMARKS_dense_curve.png once) writes a curve of its own."""
     from benchmarks import cli
 
     def options(*flags: str):
-        parser = argparse.ArgumentParser()
-        parser.add_argument("--epochs", type=int, default=protocol.PROTOCOL_EPOCHS)
-        parser.add_argument("--imgsz", type=int, default=protocol.PROTOCOL_IMGSZ)
-        parser.add_argument("--data", default=protocol.PROTOCOL_DATA)
-        parser.add_argument("--continue-epochs", type=int, default=protocol.PROTOCOL_CONTINUE_EPOCHS)
-        parser.add_argument("--project", type=Path, default=runs.BENCH_DIR / "protocol")
-        return parser.parse_args(list(flags))
+        return cli.build_parser().parse_args(["--only", "accuracy", *flags])
 
     assert not cli.own_start(options())  # e.g. --attempt lowlr: the same start, the same curve
     assert cli.own_start(options("--imgsz", "128"))
