@@ -83,6 +83,12 @@ MAX_CONTINUE_ROUNDS = 6
 CONVERGENCE_WINDOW, CONVERGENCE_RISE = 30, 0.01
 DENSE_CURVE = ROOT / "BENCHMARKS_dense_curve.png"  # the accuracy section's convergence plot, beside BENCHMARKS.md
 DENSE_ARGS = ["--cfg", "yolov5n.yaml", "--weights", "", "--optimizer", "AdamW", "--hyp", "data/hyps/hyp.short.yaml"]
+# The fine-tunes (control, rounds, sparse runs) train with the dense run's hyperparameters: with train.py's default
+# (hyp.scratch-low: mosaic 1.0, scale 0.5) instead, as every attempt before 2026-12-06 did, the dense control gained
+# from the change of augmentation, which read as a start that had not converged (+2.2% in 30 epochs at 160 px).
+PROTOCOL_FINETUNE_HYP = DENSE_ARGS[DENSE_ARGS.index("--hyp") + 1]
+# What the fine-tunes of results recorded without "finetune_hyp" trained with (train.py's default --hyp).
+EARLIER_FINETUNE_HYP = "data/hyps/hyp.scratch-low.yaml"
 # The protocol's dense run follows its whole schedule down to the low learning rate that convergence is judged at
 # (train.py's default patience of 100 ended a 700-epoch run at 128 px at epoch 577, its learning rate still 0.00055).
 NO_EARLY_STOP = ["--patience", "0"]
@@ -114,16 +120,17 @@ def dense_run(project: Path, epochs: int, common: list[str]) -> tuple[Path, bool
 
 
 def recipe_run(project: Path, name: str, start: Path, epochs: int, common: list[str], recipe: Path,
-               recipe_args: dict) -> tuple[Path, bool]:
-    """A fine-tune of ``start`` for ``epochs`` epochs by ``recipe`` (AdamW), or a finished run of the same settings
-    in ``project/name`` (start, recipe, recipe variables, size, data), which is reused. Returns the folder and whether
-    it was reused. Used for the dense stages (the continued dense model, the control), whose recipes do not change."""
+               recipe_args: dict, hyp: str = PROTOCOL_FINETUNE_HYP) -> tuple[Path, bool]:
+    """A fine-tune of ``start`` for ``epochs`` epochs by ``recipe`` (AdamW, hyperparameters ``hyp``), or a finished
+    run of the same settings in ``project/name`` (start, recipe, recipe variables, hyp, size, data), which is reused.
+    Returns the folder and whether it was reused. Used for the dense stages (the continued dense model, the
+    control), whose recipes do not change."""
     run_dir = project / name
     expected = {"weights": str(start), "sparsification_recipe": str(recipe), "recipe_args": recipe_args,
-                "optimizer": "AdamW", "imgsz": int(common[common.index("--imgsz") + 1]),
+                "optimizer": "AdamW", "hyp": hyp, "imgsz": int(common[common.index("--imgsz") + 1]),
                 "data": common[common.index("--data") + 1]}
-    command = ["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, "--sparsification-recipe",
-               str(recipe), "--recipe-args", json.dumps(recipe_args), "--name", name]
+    command = ["train.py", "--weights", str(start), "--optimizer", "AdamW", "--hyp", hyp, *common,
+               "--sparsification-recipe", str(recipe), "--recipe-args", json.dumps(recipe_args), "--name", name]
     return run_dir, train_stage(run_dir, epochs, expected, command, f"{epochs} epochs from {start}")
 
 
@@ -134,31 +141,32 @@ def recipe_variables(recipe: str | Path) -> set[str]:
 
 
 def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sparse_args: dict,
-                    run_name: str | None = None) -> list[str]:
+                    run_name: str | None = None, hyp: str = PROTOCOL_FINETUNE_HYP) -> list[str]:
     """train.py arguments of the fine-tune ``name`` (SPARSE_VARIANTS) from ``start``, into the run folder
     ``run_name`` (default ``name``): its recipe (the pruned_quant one by default) with those of the benchmark's
-    learning-rate and pruning variables that the recipe defines."""
+    learning-rate and pruning variables that the recipe defines, and the hyperparameters ``hyp``."""
     variant = SPARSE_VARIANTS[name]
     recipe = variant.get("recipe", FINETUNE_RECIPE)
     defined = recipe_variables(recipe)
     recipe_args = {**{k: v for k, v in {**lr_args, **sparse_args}.items() if k in defined}, **variant["recipe_args"]}
     teacher = ["--teacher-weights", str(start)] if variant["teacher"] else []
     cfg = ["--cfg", variant["cfg"]] if variant.get("cfg") else []
-    return ["train.py", "--weights", str(start), "--optimizer", "AdamW", *common, *cfg, "--sparsification-recipe",
-            recipe, "--recipe-args", json.dumps(recipe_args), *teacher, "--name", run_name or name]
+    return ["train.py", "--weights", str(start), "--optimizer", "AdamW", "--hyp", hyp, *common, *cfg,
+            "--sparsification-recipe", recipe, "--recipe-args", json.dumps(recipe_args), *teacher,
+            "--name", run_name or name]
 
 
 def variant_run(project: Path, name: str, start: Path, epochs: int, common: list[str], lr_args: dict,
-                sparse_args: dict, run_name: str | None = None) -> bool:
+                sparse_args: dict, run_name: str | None = None, hyp: str = PROTOCOL_FINETUNE_HYP) -> bool:
     """Train the fine-tune ``name``, or reuse / resume a run of the same command in ``project/run_name``."""
     run_name = run_name or name
-    command = variant_command(name, start, common, lr_args, sparse_args, run_name)
+    command = variant_command(name, start, common, lr_args, sparse_args, run_name, hyp)
 
     def flag(option: str) -> str | None:
         return command[command.index(option) + 1] if option in command else None
 
     expected = {"weights": str(start), "sparsification_recipe": flag("--sparsification-recipe"),
-                "recipe_args": json.loads(flag("--recipe-args")), "optimizer": "AdamW",
+                "recipe_args": json.loads(flag("--recipe-args")), "optimizer": "AdamW", "hyp": hyp,
                 "imgsz": int(flag("--imgsz")), "data": flag("--data"),
                 "teacher_weights": flag("--teacher-weights") or "", **({"cfg": flag("--cfg")} if flag("--cfg") else {})}
     return train_stage(project / run_name, epochs, expected, command, f"{name}, {epochs} epochs from {start}")
@@ -252,7 +260,8 @@ def round_rise(before: Path, after: Path) -> float | None:
     return second / max(first, 1e-9) - 1
 
 
-def continued_rounds(project: Path, epochs: int, common: list[str], recipe: Path) -> dict:
+def continued_rounds(project: Path, epochs: int, common: list[str], recipe: Path,
+                     hyp: str = PROTOCOL_FINETUNE_HYP) -> dict:
     """Rounds of ``epochs`` dense epochs at the fine-tune's schedule (the control's recipe), each from the best.pt of
     the one before, the first from the run from scratch, until a round gains less than CONVERGENCE_RISE (or after
     MAX_CONTINUE_ROUNDS). Finished rounds are reused. Returns the rounds, the start (the round before the last) and
@@ -260,7 +269,7 @@ def continued_rounds(project: Path, epochs: int, common: list[str], recipe: Path
     rounds, before = [], project / "dense"
     for number in range(1, MAX_CONTINUE_ROUNDS + 1):
         run_dir, reused = recipe_run(project, round_folder(epochs, number), before / "weights" / "best.pt", epochs,
-                                     common, recipe, {"num_epochs": epochs, **FINETUNE_ARGS})
+                                     common, recipe, {"num_epochs": epochs, **FINETUNE_ARGS}, hyp)
         rise = round_rise(before, run_dir)
         best = best_of(read_results(run_dir))
         rounds.append({"number": number, "folder": run_dir.name, "map": float(best["metrics/mAP_0.5:0.95"]),
@@ -277,7 +286,7 @@ def continued_rounds(project: Path, epochs: int, common: list[str], recipe: Path
 def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: str = PROTOCOL_DATA,
              variants: tuple[str, ...] = DEFAULT_VARIANTS, project: Path = BENCH_DIR / "protocol",
              curve: Path = DENSE_CURVE, finetune_overrides: dict | None = None, attempt: str = "",
-             continue_epochs: int = PROTOCOL_CONTINUE_EPOCHS) -> dict:
+             continue_epochs: int = PROTOCOL_CONTINUE_EPOCHS, finetune_hyp: str = PROTOCOL_FINETUNE_HYP) -> dict:
     """The accuracy protocol: dense yolov5n trained to convergence (checked, and plotted to ``curve``); from its
     best checkpoint (the start), the same fine-tune left dense (the control) and the recipe ``variants`` (see
     SPARSE_VARIANTS). Finished runs of the same settings in ``project`` are reused, interrupted ones resumed.
@@ -287,7 +296,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     the control beating the start by more than CONVERGENCE_RISE would say the start had not converged.
     ``finetune_overrides`` replace FINETUNE_ARGS values (learning rates, QAT length) for an ``attempt``.
     ``continue_epochs``: the start is the dense model trained on in rounds of that many epochs at the fine-tune's
-    schedule until a round gains under CONVERGENCE_RISE (``continued_rounds``).
+    schedule until a round gains under CONVERGENCE_RISE (``continued_rounds``). ``finetune_hyp``: the fine-tunes'
+    hyperparameters (augmentation, loss gains; by default the dense run's).
     """
     project.mkdir(parents=True, exist_ok=True)
     common = benchmark_args(data, imgsz, batch, project)
@@ -298,7 +308,7 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     start_dir, continued = dense_dir, None
     from_scratch = best_of(dense_rows)
     if continue_epochs:
-        continued = continued_rounds(project, continue_epochs, common, control_recipe)
+        continued = continued_rounds(project, continue_epochs, common, control_recipe, finetune_hyp)
         continued.update({"from_map": float(from_scratch["metrics/mAP_0.5:0.95"]),
                           "from_map50": float(from_scratch["metrics/mAP_0.5"]),
                           "minutes": sum(r["minutes"] for r in continued["rounds"]
@@ -318,13 +328,13 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
         control_dir, control_reused = project / last_round["folder"], True
     else:
         control_dir, control_reused = recipe_run(project, f"control{suffix}", start, finetune_epochs, common,
-                                                 control_recipe, lr_args)
+                                                 control_recipe, lr_args, finetune_hyp)
     control = best_of(read_results(control_dir))
     start_map, control_map = float(dense["metrics/mAP_0.5:0.95"]), float(control["metrics/mAP_0.5:0.95"])
     baseline = max((dense, control), key=lambda r: float(fitness(metrics_of(r))[0]))
     sparse_args = {**lr_args, "pruning_end_epoch": round(PRUNING_END * finetune_epochs, 2), **SPARSITY_ARGS}
     result = {"protocol": 2, "data": data, "imgsz": imgsz, "dense_epochs": epochs, "finetune_epochs": finetune_epochs,
-              "optimizer": "AdamW", "finetune_args": sparse_args,
+              "optimizer": "AdamW", "finetune_args": sparse_args, "finetune_hyp": finetune_hyp,
               "start_map50": float(dense["metrics/mAP_0.5"]), "start_map": start_map,
               "dense_best_epoch": int(from_scratch["epoch"]), "dense_minutes": run_minutes(dense_dir),
               "dense_reused": reused, "convergence": dense_convergence(dense_rows), "continued": continued,
@@ -336,7 +346,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
               "baseline_map": float(baseline["metrics/mAP_0.5:0.95"]), "sparse": []}
     for name in variants:
         variant = SPARSE_VARIANTS[name]
-        variant_run(project, name, start, finetune_epochs, common, lr_args, sparse_args, name + suffix)
+        variant_run(project, name, start, finetune_epochs, common, lr_args, sparse_args, name + suffix,
+                    finetune_hyp)
         rows = read_results(project / (name + suffix))
         final_phase = rows[-1]["phase"]
         sparse = best_of(rows, final_phase)
@@ -352,6 +363,14 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
             "minutes": minutes,
             "phase_minutes": phase_minutes(rows, minutes)})
     return result
+
+
+def finetune_hyp_phrase(a: dict) -> str:
+    """Which hyperparameters file the fine-tunes of result ``a`` trained with, and whether it is the dense run's."""
+    hyp = a.get("finetune_hyp", EARLIER_FINETUNE_HYP)
+    if hyp == PROTOCOL_FINETUNE_HYP:
+        return f"`{hyp}` (the dense run's)"
+    return f"`{hyp}` (not the dense run's `{PROTOCOL_FINETUNE_HYP}`: other augmentation)"
 
 
 def accuracy_markdown(a: dict) -> list[str]:
@@ -373,7 +392,8 @@ def accuracy_markdown(a: dict) -> list[str]:
              f"{(a.get('continued') or {}).get('from_map', start):.3f}. Over its last {c['window']} epochs its "
              f"best mAP@0.5:0.95 rose {c['rise']:.2%} ({c['best_before_window']:.3f} to {c['best']:.3f}): "
              f"{verdict}. Curve: [{Path(a['curve']).name}]({a['curve']}).", "", *continued_markdown(a),
-             f"Fine-tunes of {a['finetune_epochs']} epochs from the start with AdamW and the learning-rate schedule of "
+             f"Fine-tunes of {a['finetune_epochs']} epochs from the start with AdamW, hyperparameters "
+             f"{finetune_hyp_phrase(a)} and the learning-rate schedule of "
              f"`{FINETUNE_RECIPE}` ({args}; each recipe takes the variables it defines). The control (that schedule, "
              f"dense, no quantization{control_reused}) reached {a['control_map']:.3f}, {a['control_rise']:+.1%} "
              f"over the start, {control_verdict}. Teacher: distilling from the start (`--teacher-weights`). "
@@ -410,7 +430,8 @@ def attempt_markdown(a: dict) -> list[str]:
              + (f", from a start continued in rounds of {a['continued']['epochs']} epochs" if a.get("continued")
                 else ""), "",
              f"Measured by `{a['command']}`, {a['date']}, on {a['machine']}. {start}; pruning ends at epoch "
-             f"{a['finetune_args'].get('pruning_end_epoch')}, the other arguments as above. Control: "
+             f"{a['finetune_args'].get('pruning_end_epoch')}, hyperparameters {finetune_hyp_phrase(a)}, the other "
+             f"arguments as above. Control: "
              f"{a['control_map']:.3f} ({a['control_rise']:+.1%} over the start); recovery against the "
              f"{a['baseline']} ({a['baseline_map']:.3f}).", "",
              *continued_markdown(a),
@@ -463,7 +484,8 @@ def keep_other_variants(previous: dict | None, result: dict, origin: str) -> dic
     """``result`` plus the sparse rows of ``previous`` (an earlier accuracy section, run by ``origin``) for variants
     this run did not train, when both start from the same dense stages (same data, sizes, epochs, fine-tune
     arguments and dense results): ``--variants X`` then adds X to the table instead of replacing it."""
-    same = ("data", "imgsz", "dense_epochs", "finetune_epochs", "finetune_args", "start_map", "control_map")
+    same = ("data", "imgsz", "dense_epochs", "finetune_epochs", "finetune_args", "finetune_hyp", "start_map",
+            "control_map")
     if not previous or any(previous.get(key) != result.get(key) for key in same):
         return result
     names = {row["name"] for row in result["sparse"]}

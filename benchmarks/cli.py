@@ -15,6 +15,7 @@ from benchmarks.accuracy import (
     PROTOCOL_DATA,
     PROTOCOL_EPOCHS,
     PROTOCOL_FINETUNE_EPOCHS,
+    PROTOCOL_FINETUNE_HYP,
     PROTOCOL_IMGSZ,
     SPARSE_VARIANTS,
     accuracy,
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "fine-tune's schedule (0: the run from scratch)")
     parser.add_argument("--finetune-args", default="",
                         help="accuracy: JSON replacing fine-tune learning-rate arguments (an attempt; needs --attempt)")
+    parser.add_argument("--finetune-hyp", default=PROTOCOL_FINETUNE_HYP,
+                        help="accuracy: hyperparameters of the fine-tunes (default: the dense run's; another file "
+                             "needs --attempt, e.g. data/hyps/hyp.scratch-low.yaml as the attempts before 2026-12-06)")
     parser.add_argument("--attempt", default="",
                         help="accuracy: name of an attempt with other fine-tune settings (its own runs and table)")
     parser.add_argument("--project", type=Path, default=BENCH_DIR / "protocol",
@@ -83,9 +87,11 @@ def main() -> None:
         attempt = attempt_name(opt.finetune_epochs, opt.attempt, opt.continue_epochs)
         if overrides and not attempt:
             parser.error("--finetune-args changes the protocol: name the attempt with --attempt NAME")
+        if opt.finetune_hyp != PROTOCOL_FINETUNE_HYP and not attempt:
+            parser.error("--finetune-hyp changes the protocol: name the attempt with --attempt NAME")
         result = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data, tuple(opt.variants),
                           opt.project, finetune_overrides=overrides, attempt=attempt,
-                          continue_epochs=opt.continue_epochs,
+                          continue_epochs=opt.continue_epochs, finetune_hyp=opt.finetune_hyp,
                           curve=DENSE_CURVE.with_name(f"{DENSE_CURVE.stem}_{attempt}.png")
                           if attempt and own_start(opt) else DENSE_CURVE)
         if not attempt:

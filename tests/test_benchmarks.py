@@ -161,21 +161,42 @@ def test_a_fine_tune_stage_is_reused_only_with_the_same_start_recipe_and_recipe_
     recipe = tmp_path / "control_recipe.yaml"
     (run_dir / "opt.yaml").write_text(yaml.safe_dump({  # key order differs from the benchmark's: compared parsed
         "weights": str(start), "optimizer": "AdamW", "imgsz": 224, "data": "data/shapes_small.yaml",
-        "sparsification_recipe": str(recipe),
+        "sparsification_recipe": str(recipe), "hyp": protocol.PROTOCOL_FINETUNE_HYP,
         "recipe_args": json.dumps(dict(reversed(list(args.items()))))}))
     (run_dir / "results.csv").write_text("epoch,phase\n0,dense\n1,dense\n")
     commands = []
     monkeypatch.setattr(runs, "run_command", lambda args: commands.append(args) or 0.0)
     common = ["--data", "data/shapes_small.yaml", "--imgsz", "224"]
 
-    def run(start, recipe, recipe_args):
-        return protocol.recipe_run(tmp_path, "control", start, 2, common, recipe, recipe_args)
+    def run(start, recipe, recipe_args, hyp=protocol.PROTOCOL_FINETUNE_HYP):
+        return protocol.recipe_run(tmp_path, "control", start, 2, common, recipe, recipe_args, hyp)
 
     assert run(start, recipe, args) == (run_dir, True) and commands == []
     assert run(start, recipe, {**args, "init_lr": 0.5}) == (run_dir, False)  # other variables: trained again
     assert run(start, tmp_path / "other.yaml", args) == (run_dir, False)  # another recipe
     assert run(tmp_path / "other.pt", recipe, args) == (run_dir, False)  # another start
-    assert len(commands) == 3 and json.loads(commands[2][commands[2].index("--recipe-args") + 1]) == args
+    assert run(start, recipe, args, "data/hyps/hyp.scratch-low.yaml") == (run_dir, False)  # other augmentation
+    assert len(commands) == 4 and json.loads(commands[2][commands[2].index("--recipe-args") + 1]) == args
+    assert commands[3][commands[3].index("--hyp") + 1] == "data/hyps/hyp.scratch-low.yaml"
+
+
+def test_the_fine_tunes_train_with_the_dense_runs_hyperparameters_and_say_which(tmp_path) -> None:
+    """Same augmentation on both sides: a control trained with more augmentation than the dense run gains from the
+    augmentation, which reads as a start that had not converged."""
+    dense_hyp = protocol.DENSE_ARGS[protocol.DENSE_ARGS.index("--hyp") + 1]
+    assert protocol.PROTOCOL_FINETUNE_HYP == dense_hyp
+    start, common = tmp_path / "best.pt", ["--data", "data/shapes_tiny.yaml", "--imgsz", "160"]
+    lr_args = {"num_epochs": 30, **protocol.FINETUNE_ARGS}
+    sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **protocol.SPARSITY_ARGS}
+    for name in protocol.DEFAULT_VARIANTS:
+        command = protocol.variant_command(name, start, common, lr_args, sparse_args)
+        assert command[command.index("--hyp") + 1] == dense_hyp, name
+    other = protocol.variant_command("quant", start, common, lr_args, sparse_args,
+                                     hyp="data/hyps/hyp.scratch-low.yaml")
+    assert other[other.index("--hyp") + 1] == "data/hyps/hyp.scratch-low.yaml"
+    assert protocol.finetune_hyp_phrase({"finetune_hyp": dense_hyp}) == f"`{dense_hyp}` (the dense run's)"
+    # results recorded before the fine-tunes had a --hyp trained with train.py's default, not the dense run's
+    assert "`data/hyps/hyp.scratch-low.yaml` (not the dense run's" in protocol.finetune_hyp_phrase({})
 
 
 def test_the_relu_variant_changes_the_model_and_only_quantizes(tmp_path) -> None:
@@ -534,3 +555,19 @@ def test_an_attempt_from_its_own_dense_run_says_so_and_lists_that_start() -> Non
     assert "| start (dense) | 0.660 | 0.454 | 0 | 94.6% | 70 |" in text
     protocol_attempt = {**attempt, "imgsz": protocol.PROTOCOL_IMGSZ, "dense_epochs": protocol.PROTOCOL_EPOCHS}
     assert "The same start" in "\n".join(protocol.attempt_markdown(protocol_attempt))
+
+
+@pytest.mark.parametrize("flags", [["--finetune-hyp", "data/hyps/hyp.scratch-low.yaml"],
+                                   ["--finetune-args", '{"init_lr": 0.001}']])
+def test_fine_tune_settings_other_than_the_protocols_need_an_attempt_name(flags, monkeypatch, capsys) -> None:
+    """Another augmentation or learning rate is another protocol: without --attempt it would overwrite the
+    protocol's table with results that are not comparable to it. Refused before anything trains."""
+    import sys
+
+    from benchmarks import cli
+
+    monkeypatch.setattr(cli, "accuracy", lambda *a, **k: pytest.fail("trained despite the refusal"))
+    monkeypatch.setattr(sys, "argv", ["benchmarks.py", "--only", "accuracy", *flags])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 2 and "name the attempt with --attempt NAME" in capsys.readouterr().err
