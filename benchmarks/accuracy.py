@@ -15,6 +15,7 @@ from benchmarks.runs import (
     metrics_of,
     phase_minutes,
     read_results,
+    run_command,
     run_minutes,
     train_stage,
 )
@@ -58,6 +59,15 @@ SPARSE_VARIANTS.update({
                                                    "final_sparsity_sensitive": 0.3}, "teacher": True,
                                    "note": "~45% sparse, Neural Magic's yolov5n level"},
 })
+SPARSE_VARIANTS.update({
+    # The pruned_quant recipe with per-layer sparsities instead of its three layer groups: sensitivity.py measures
+    # what each conv layer of the start loses when pruned alone, and lays out SENSITIVITY_LEVELS to reach
+    # SENSITIVITY_TARGET of all conv weights where it costs least (the recipe is written beside the runs).
+    "pruned_quant_distill_sens": {"recipe_args": {}, "teacher": True, "sensitivity": True,
+                                  "note": "per-layer sparsities from `sensitivity.py` on the start"},
+})
+# At least the group layout's 76.9% of conv weights, so the two layouts compare at the same sparsity or above it.
+SENSITIVITY_TARGET, SENSITIVITY_LEVELS = 0.77, (0.3, 0.5, 0.7, 0.85, 0.95)
 DEFAULT_VARIANTS = ("pruned_quant_distill", "relu_block4_quant", "pruned_distill", "quant")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
 # AdamW at two thirds of the dense run's lr0 (0.003), decaying to a quarter of that; QAT at 1e-4 -> 1e-6. One-off
@@ -146,7 +156,8 @@ def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sp
     ``run_name`` (default ``name``): its recipe (the pruned_quant one by default) with those of the benchmark's
     learning-rate and pruning variables that the recipe defines, and the hyperparameters ``hyp``."""
     variant = SPARSE_VARIANTS[name]
-    recipe = variant.get("recipe", FINETUNE_RECIPE)
+    recipe = (str(sensitivity_recipe(Path(common[common.index("--project") + 1]), start))
+              if variant.get("sensitivity") else variant.get("recipe", FINETUNE_RECIPE))
     defined = recipe_variables(recipe)
     recipe_args = {**{k: v for k, v in {**lr_args, **sparse_args}.items() if k in defined}, **variant["recipe_args"]}
     teacher = ["--teacher-weights", str(start)] if variant["teacher"] else []
@@ -154,6 +165,30 @@ def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sp
     return ["train.py", "--weights", str(start), "--optimizer", "AdamW", "--hyp", hyp, *common, *cfg,
             "--sparsification-recipe", recipe, "--recipe-args", json.dumps(recipe_args), *teacher,
             "--name", run_name or name]
+
+
+def sensitivity_recipe(project: Path, start: Path) -> Path:
+    """Where the sensitivity layout of ``start`` (``project/<run>/weights/best.pt``) is written: one per start."""
+    return project / f"sensitivity_{start.parent.parent.name}" / f"{Path(FINETUNE_RECIPE).stem}.sensitivity.yaml"
+
+
+def sensitivity_stage(project: Path, start: Path, common: list[str]) -> Path:
+    """Run sensitivity.py on ``start`` with FINETUNE_RECIPE as the template, or reuse its finished output for the
+    same start, data, size, levels and target. Returns the recipe."""
+    recipe = sensitivity_recipe(project, start)
+    data, imgsz = common[common.index("--data") + 1], int(common[common.index("--imgsz") + 1])
+    wanted = {"weights": str(start), "data": data, "imgsz": imgsz, "levels": list(SENSITIVITY_LEVELS),
+              "target": SENSITIVITY_TARGET}
+    record = recipe.parent / "sensitivity.json"
+    if recipe.is_file() and record.is_file():
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if all(saved.get(key) == value for key, value in wanted.items()):
+            print(f"reusing the sensitivity analysis {record} (same start and settings)", flush=True)
+            return recipe
+    run_command(["sensitivity.py", "--weights", str(start), "--data", data, "--imgsz", str(imgsz), "--levels",
+                 *map(str, SENSITIVITY_LEVELS), "--target", str(SENSITIVITY_TARGET), "--recipe", FINETUNE_RECIPE,
+                 "--project", str(recipe.parent.parent), "--name", recipe.parent.name, "--exist-ok"])
+    return recipe
 
 
 def variant_run(project: Path, name: str, start: Path, epochs: int, common: list[str], lr_args: dict,
@@ -346,6 +381,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
               "baseline_map": float(baseline["metrics/mAP_0.5:0.95"]), "sparse": []}
     for name in variants:
         variant = SPARSE_VARIANTS[name]
+        if variant.get("sensitivity"):
+            sensitivity_stage(project, start, common)
         variant_run(project, name, start, finetune_epochs, common, lr_args, sparse_args, name + suffix,
                     finetune_hyp)
         rows = read_results(project / (name + suffix))

@@ -571,3 +571,66 @@ def test_fine_tune_settings_other_than_the_protocols_need_an_attempt_name(flags,
     with pytest.raises(SystemExit) as stop:
         cli.main()
     assert stop.value.code == 2 and "name the attempt with --attempt NAME" in capsys.readouterr().err
+
+
+def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_start_and_measures_it_once(
+        tmp_path, monkeypatch) -> None:
+    """sensitivity.py runs on the start before the fine-tune that uses its recipe; a rerun reuses the analysis of the
+    same start and settings, and the table names the template recipe, not the machine's path to the layout."""
+    import json
+
+    from utils.sparsification.sensitivity import layout_recipe
+
+    template = (protocol.ROOT / protocol.FINETUNE_RECIPE).read_text(encoding="utf-8")
+    analyses, trainings = [], []
+
+    def fake_sensitivity(command: list[str]) -> float:  # writes what sensitivity.py writes
+        analyses.append(command)
+        flags = {k.lstrip("-"): v for k, v in zip(command[1::2], command[2::2])}
+        out = Path(flags["project"]) / flags["name"]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sensitivity.json").write_text(json.dumps({
+            "weights": flags["weights"], "data": flags["data"], "imgsz": int(flags["imgsz"]),
+            "levels": list(protocol.SENSITIVITY_LEVELS), "target": float(flags["target"])}))
+        (out / "yolov5n.pruned_quant.sensitivity.yaml").write_text(
+            layout_recipe(template, {"model.8.cv1.conv.weight": 0.95, "model.2.cv1.conv.weight": 0.3}, "# t"))
+        return 0.0
+
+    def fake_train(command: list[str]) -> float:
+        trainings.append(command)
+        flags = {k.lstrip("-").replace("-", "_"): v for k, v in zip(command[1::2], command[2::2])}
+        settings = {"weights": flags["weights"], "optimizer": flags["optimizer"], "imgsz": int(flags["imgsz"]),
+                    "data": flags["data"], "cfg": flags.get("cfg", ""), "hyp": flags.get("hyp", ""),
+                    "epochs": int(flags.get("epochs", 3)), "teacher_weights": flags.get("teacher_weights", ""),
+                    "sparsification_recipe": flags.get("sparsification_recipe"),
+                    "recipe_args": flags.get("recipe_args")}
+        maps, phases = {"dense": ([0.5, 0.55, 0.6, 0.6, 0.6, 0.6], ["dense"] * 6),
+                        "control_e3": ([0.58, 0.6, 0.6], ["dense"] * 3)}.get(
+            flags["name"], ([0.5, 0.55, 0.58], ["pruned", "pruned", "quantized"]))
+        fake_run(Path(flags["project"]) / flags["name"], settings, maps, phases)
+        return 0.0
+
+    monkeypatch.setattr(runs, "run_command", fake_train)
+    monkeypatch.setattr(protocol, "run_command", fake_sensitivity)
+    monkeypatch.setattr(protocol, "run_minutes", lambda run_dir: 1.0)
+    result = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
+                               project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+    start = tmp_path / "dense" / "weights" / "best.pt"
+    assert len(analyses) == 1 and analyses[0][0] == "sensitivity.py"
+    analysis = dict(zip(analyses[0][1::2], analyses[0][2::2]))
+    assert analysis["--weights"] == str(start) and analysis["--recipe"] == protocol.FINETUNE_RECIPE
+    assert float(analysis["--target"]) == protocol.SENSITIVITY_TARGET >= 0.75
+    sparse = trainings[-1]
+    recipe = sparse[sparse.index("--sparsification-recipe") + 1]
+    assert recipe == str(tmp_path / "sensitivity_dense" / "yolov5n.pruned_quant.sensitivity.yaml")
+    recipe_args = json.loads(sparse[sparse.index("--recipe-args") + 1])
+    assert recipe_args["init_lr"] == protocol.FINETUNE_ARGS["init_lr"] and recipe_args["pruning_end_epoch"] == 1.2
+    assert not any(key.startswith("final_sparsity") for key in recipe_args)  # the layout decides every sparsity
+    assert sparse[sparse.index("--teacher-weights") + 1] == str(start)
+    row = result["sparse"][0]
+    assert row["recipe"] == protocol.FINETUNE_RECIPE and "sensitivity.py" in row["note"]
+    assert str(tmp_path) not in json.dumps(result["sparse"])
+    analyses.clear()
+    protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
+                      project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+    assert analyses == []  # the same start and settings: the analysis and its recipe are reused

@@ -1,0 +1,121 @@
+"""Pruning sensitivity analysis of a trained dense model, and a recipe with a per-layer sparsity layout from it.
+
+    python sensitivity.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --imgsz 320 --target 0.77
+    python train.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --imgsz 320 \\
+        --sparsification-recipe runs/sensitivity/exp/yolov5n.pruned_quant.sensitivity.yaml --teacher-weights ...
+
+Each prunable conv weight (all but the stem and Detect) is magnitude-pruned alone to each ``--levels`` sparsity and
+the model validated (no training): the mAP@0.5:0.95 it keeps says how much that layer tolerates. Every layer then
+gets the level that reaches ``--target`` of all conv weights at zero with the least summed loss, and the template
+recipe (``--recipe``) is written with those per-layer sparsities in place of its layer groups. Writes
+``sensitivity.json`` (every measurement and the layout) and the recipe to ``runs/sensitivity/exp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils.dataset import create_dataloader  # noqa: E402
+from utils.dataset_config import check_dataset  # noqa: E402
+from utils.logs import setup_script_logging  # noqa: E402
+from utils.runs import increment_path  # noqa: E402
+from utils.sparsification.sensitivity import layer_sensitivities, layout_recipe, sparsity_layout  # noqa: E402
+from utils.weights import load_weights  # noqa: E402
+
+LOGGER = logging.getLogger(__name__)
+DEFAULT_LEVELS = (0.5, 0.7, 0.85, 0.95)
+DEFAULT_TEMPLATE = str(ROOT / "recipes" / "yolov5n.pruned_quant.yaml")
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="trained dense model (.pt: project, Ultralytics)")
+    parser.add_argument("--data", default=str(ROOT / "data" / "shapes.yaml"), help="dataset YAML (its val split)")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--levels", type=float, nargs="+", default=list(DEFAULT_LEVELS),
+                        help="sparsities each layer is measured at (and may be given)")
+    parser.add_argument("--target", type=float, default=0.75, help="fraction of all conv weights to be zero")
+    parser.add_argument("--recipe", default=DEFAULT_TEMPLATE,
+                        help="template recipe: its schedule, distillation and QAT are kept, its layer groups replaced")
+    parser.add_argument("--project", default=str(ROOT / "runs" / "sensitivity"))
+    parser.add_argument("--name", default="exp")
+    parser.add_argument("--exist-ok", action="store_true")
+    opt = parser.parse_args(argv)
+    if not 0 < opt.target < 1 or any(not 0 < level < 1 for level in opt.levels):
+        parser.error("--target and --levels are fractions between 0 and 1")
+    if not Path(opt.recipe).is_file():
+        parser.error(f"--recipe {opt.recipe}: no such file (a local recipe YAML to take the schedule from)")
+    return opt
+
+
+def conv_weight_count(model: nn.Module) -> int:
+    """Every conv weight of the model: the denominator of the sparsity that the reports and benchmarks quote."""
+    return sum(module.weight.numel() for module in model.modules() if isinstance(module, nn.Conv2d))
+
+
+def run(weights: str, data: str, imgsz: int = 640, batch_size: int = 32, workers: int = 2,
+        levels: list[float] | tuple[float, ...] = DEFAULT_LEVELS, target: float = 0.75,
+        recipe: str = DEFAULT_TEMPLATE, project: str = str(ROOT / "runs" / "sensitivity"), name: str = "exp",
+        exist_ok: bool = False) -> Path:
+    """Measure, lay out, write; returns the recipe written."""
+    import val  # the validation loop, with the model and dataloader held here across the measurements
+
+    model = load_weights(weights).model.float().eval()
+    dataset = check_dataset(data)
+    if not dataset.get("val"):
+        raise ValueError(f"{data}: no 'val' split to measure on")
+    stride = int(model.stride.max())
+    loader = create_dataloader(dataset["val"], imgsz, batch_size, stride, rect=True, pad=0.5, workers=workers,
+                               prefix="val: ")[0]
+
+    def evaluate() -> float:
+        return val.run(dataset, model=model, dataloader=loader, imgsz=imgsz, plots=False).metrics.map
+
+    levels = sorted(set(levels))
+    baseline, layers = layer_sensitivities(model, evaluate, levels, progress=LOGGER.info)
+    total = conv_weight_count(model)
+    layout = sparsity_layout(baseline, layers, target, total)
+    zeros = sum(layer.numel * layout[layer.name] for layer in layers)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    result = {"weights": str(weights), "data": str(data), "imgsz": imgsz, "levels": levels, "target": target,
+              "baseline_map": baseline, "conv_weights": total, "conv_sparsity": zeros / total,
+              "layers": [{"name": layer.name, "numel": layer.numel, "maps": layer.maps, "sparsity": layout[layer.name]}
+                         for layer in layers]}
+    (save_dir / "sensitivity.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    header = (f"# Pruning layout from a one-shot sensitivity analysis (sensitivity.py): {Path(weights).name} on "
+              f"{Path(data).name} at {imgsz} px,\n# baseline mAP@0.5:0.95 {baseline:.4f}; each conv layer pruned "
+              f"alone to {', '.join(map(str, levels))}; {zeros / total:.1%} of all conv weights\n# zero (target "
+              f"{target:.0%}). The pruning_modifiers below replace the layer groups of {Path(recipe).name}, which "
+              f"the comments\n# further down still describe; the schedule, distillation and QAT are that recipe's.\n")
+    out = save_dir / f"{Path(recipe).stem}.sensitivity.yaml"
+    out.write_text(layout_recipe(Path(recipe).read_text(encoding="utf-8"), layout, header), encoding="utf-8")
+    counts = {level: sum(1 for value in layout.values() if value == level) for level in levels}
+    LOGGER.info("baseline mAP@0.5:0.95 %.4f; layout: %s; %.1f%% of conv weights zero", baseline,
+                ", ".join(f"{count} layers at {level}" for level, count in counts.items()), 100 * zeros / total)
+    LOGGER.info("wrote %s and %s", save_dir / "sensitivity.json", out)
+    return out
+
+
+def main(opt: argparse.Namespace) -> Path:
+    setup_script_logging(force=True)
+    try:
+        return run(**vars(opt))
+    except (FileNotFoundError, ValueError) as error:
+        LOGGER.error("error: %s", error)
+        raise SystemExit(1) from error
+
+
+if __name__ == "__main__":
+    main(parse_opt())

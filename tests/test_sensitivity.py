@@ -1,0 +1,161 @@
+"""The pruning sensitivity analysis: which layers it measures, that it measures one pruned layer at a time and
+restores it, how it lays out sparsities to reach a target, and that the recipe it writes is a real SparseML recipe
+whose masks reach that target."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.yolo import DetectionModel
+from utils.checkpoint import load_checkpoint
+from utils.sparsification.report import sparsity_report
+from utils.sparsification.sensitivity import (
+    LayerSensitivity,
+    layer_sensitivities,
+    layout_recipe,
+    magnitude_mask,
+    prunable_conv_weights,
+    sparsity_layout,
+)
+from utils.weights import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "recipes" / "yolov5n.pruned_quant.yaml"
+
+
+@pytest.fixture(scope="module")
+def yolov5n() -> DetectionModel:
+    torch.manual_seed(0)
+    return DetectionModel("yolov5n.yaml").eval()
+
+
+def conv_total(model: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_the_analysed_layers_are_the_recipes_prunable_convs_not_the_stem_or_detect(yolov5n) -> None:
+    names = [name for name, _ in prunable_conv_weights(yolov5n)]
+    pattern = re.compile(r"^model\.([1-9]|1[0-9]|2[0-3])\..*conv\.weight$")  # the pruned_quant recipe's groups
+    expected = [name for name, p in yolov5n.named_parameters() if pattern.match(name) and p.dim() == 4]
+    assert names == expected
+    assert not any(name.startswith(("model.0.", "model.24.")) for name in names)
+
+
+def test_magnitude_mask_zeroes_the_smallest_weights() -> None:
+    weight = torch.tensor([[0.5, -0.1], [2.0, -0.05]])
+    mask = magnitude_mask(weight, 0.5)
+    assert mask.tolist() == [[True, False], [True, False]]
+    assert magnitude_mask(weight, 0.0).all()
+
+
+def test_each_layer_is_measured_alone_at_each_level_and_restored(yolov5n, monkeypatch) -> None:
+    import utils.sparsification.sensitivity as sensitivity
+
+    before = {name: p.detach().clone() for name, p in yolov5n.named_parameters()}
+    layers = prunable_conv_weights(yolov5n)[:3]
+    monkeypatch.setattr(sensitivity, "prunable_conv_weights", lambda model: layers)  # three layers keep it short
+    zeros_seen = []
+
+    def evaluate() -> float:  # stands in for val: records which weights are zero when it is called
+        zeros = {name: int((p == 0).sum()) for name, p in layers}
+        zeros_seen.append(zeros)
+        return 1.0 - sum(zeros.values()) / 1e6
+
+    baseline, results = layer_sensitivities(yolov5n, evaluate, [0.5, 0.9])
+    assert baseline == 1.0 and [r.name for r in results] == [name for name, _ in layers]
+    assert len(zeros_seen) == 1 + 2 * len(layers)
+    for index, (name, parameter) in enumerate(layers):
+        for level_index, level in enumerate((0.5, 0.9)):
+            seen = zeros_seen[1 + 2 * index + level_index]
+            assert seen[name] == round(level * parameter.numel())
+            assert all(count == 0 for other, count in seen.items() if other != name)
+        assert results[index].maps[0.9] < results[index].maps[0.5] < baseline
+    for name, parameter in yolov5n.named_parameters():
+        assert torch.equal(parameter, before[name]), f"{name} was not restored"
+
+
+def test_layout_prunes_the_tolerant_layers_hardest_and_reaches_the_target() -> None:
+    layers = [LayerSensitivity("big_tolerant", 1000, {0.5: 0.50, 0.9: 0.49}),
+              LayerSensitivity("big_sensitive", 1000, {0.5: 0.45, 0.9: 0.20}),
+              LayerSensitivity("small", 100, {0.5: 0.50, 0.9: 0.50})]
+    layout = sparsity_layout(0.5, layers, target=0.6, total_conv_weights=2200)
+    assert layout == {"big_tolerant": 0.9, "big_sensitive": 0.5, "small": 0.9}
+    assert sum(layer.numel * layout[layer.name] for layer in layers) >= 0.6 * 2200
+
+
+def test_layout_counts_a_noisy_gain_as_no_gain_and_refuses_an_unreachable_target() -> None:
+    # at 0.9 the first layer measured *higher* than at 0.5 (noise): it costs what 0.5 cost, not less
+    layers = [LayerSensitivity("a", 1000, {0.5: 0.40, 0.9: 0.45}), LayerSensitivity("b", 1000, {0.5: 0.50, 0.9: 0.45})]
+    assert sparsity_layout(0.5, layers, target=0.7, total_conv_weights=2000) == {"a": 0.9, "b": 0.5}
+    with pytest.raises(ValueError, match="add a higher level"):
+        sparsity_layout(0.5, layers, target=0.95, total_conv_weights=2000)
+
+
+def test_the_written_recipe_is_the_template_with_per_layer_sparsities_that_sparseml_applies(
+        yolov5n, tmp_path, monkeypatch) -> None:
+    from sparseml.pytorch.utils import LoggerManager
+
+    from utils.sparsification.checks import check_recipe_against_model
+    from utils.sparsification.recipes import load_recipe
+
+    names = [name for name, _ in prunable_conv_weights(yolov5n)]
+    layout = {name: (0.95 if index % 3 == 0 else 0.6) for index, name in enumerate(names)}
+    text = layout_recipe(TEMPLATE.read_text(encoding="utf-8"), layout, "# generated for a test")
+    assert text.startswith("# generated for a test\n")
+    assert "final_sparsity_heavy" not in text.split("version:", 1)[1]  # the groups' variables went with them
+    assert "!QuantizationModifier" in text and "!PerLayerDistillationModifier" in text
+    recipe = tmp_path / "layout.yaml"
+    recipe.write_text(text, encoding="utf-8")
+
+    monkeypatch.chdir(tmp_path)  # SparseML's modifier logs
+    manager, _, _ = load_recipe(str(recipe), {"num_epochs": 10})
+    model = DetectionModel("yolov5n.yaml")
+    check_recipe_against_model(manager, model, str(recipe))
+    pruning = [m for m in manager.modifiers if type(m).__name__ == "GMPruningModifier"]
+    assert sorted(m.final_sparsity for m in pruning) == [0.6, 0.95]
+    type(manager)(pruning).apply(model, loggers=LoggerManager(log_python=False))
+    expected = sum(p.numel() * layout[name] for name, p in prunable_conv_weights(model)) / conv_total(model)
+    assert sparsity_report(model).conv_sparsity == pytest.approx(expected, abs=0.002)
+
+
+def test_layout_recipe_needs_a_pruning_block_to_replace() -> None:
+    with pytest.raises(ValueError, match="pruning_modifiers"):
+        layout_recipe("version: 1.1.0\nnum_epochs: 10\n", {"model.1.conv.weight": 0.5}, "#")
+
+
+@pytest.mark.slow
+def test_sensitivity_script_measures_a_trained_model_and_writes_a_recipe_train_accepts(
+        dense_run, shapes_dataset, tmp_path) -> None:
+    import sensitivity
+
+    opt = sensitivity.parse_opt(["--weights", str(dense_run), "--data", str(shapes_dataset), "--imgsz", "64",
+                                 "--batch-size", "4", "--workers", "0", "--levels", "0.9", "--target", "0.6",
+                                 "--project", str(tmp_path), "--name", "exp"])
+    recipe = sensitivity.main(opt)
+    result = json.loads((tmp_path / "exp" / "sensitivity.json").read_text(encoding="utf-8"))
+    assert recipe == tmp_path / "exp" / "yolov5n.pruned_quant.sensitivity.yaml" and recipe.is_file()
+    assert len(result["layers"]) == len(prunable_conv_weights(DetectionModel("yolov5n.yaml")))
+    assert all(set(layer["maps"]) == {"0.9"} for layer in result["layers"])  # one level keeps the test short
+    assert result["conv_sparsity"] >= 0.6
+
+    import train
+
+    train.run(weights=str(dense_run), data=str(shapes_dataset), imgsz=64, batch_size=4, workers=0, noplots=True,
+              project=str(tmp_path), name="sparse", sparsification_recipe=str(recipe),
+              recipe_args=json.dumps({"num_epochs": 2, "quantization_epochs": 1, "pruning_end_epoch": 0.5}))
+    last = load_checkpoint(tmp_path / "sparse" / "weights" / "last.pt")
+    assert last["sparsification"]["is_quantized"]
+    assert sparsity_report(load_weights(tmp_path / "sparse" / "weights" / "last.pt").model).conv_sparsity >= 0.6
+
+
+def test_sensitivity_refuses_a_missing_template_by_name(tmp_path, capsys) -> None:
+    import sensitivity
+
+    with pytest.raises(SystemExit):
+        sensitivity.parse_opt(["--weights", "w.pt", "--recipe", str(tmp_path / "nope.yaml")])
+    assert "nope.yaml: no such file" in capsys.readouterr().err
