@@ -487,16 +487,19 @@ def attempt_markdown(a: dict) -> list[str]:
 
 
 def own_start(a: dict) -> str:
-    """The sentence on an attempt's dense start when it is not the protocol's (another size, data or length; ""
-    when it is the protocol's or a continued one)."""
-    if a.get("continued") or (a.get("imgsz"), a.get("data"), a.get("dense_epochs")) == (
-            PROTOCOL_IMGSZ, PROTOCOL_DATA, PROTOCOL_EPOCHS):
+    """The sentence on an attempt's dense start when it is not the protocol's (another size, data or length, or the
+    protocol's command retrained on another machine: ``other_start``; "" when it is the protocol's or a continued
+    one)."""
+    if a.get("continued") or ((a.get("imgsz"), a.get("data"), a.get("dense_epochs")) == (
+            PROTOCOL_IMGSZ, PROTOCOL_DATA, PROTOCOL_EPOCHS) and not a.get("other_start")):
         return ""
     c = a.get("convergence", {})
     stopped = (f", stopped by --patience after epoch {c['epochs'] - 1}"
                if c.get("epochs", a["dense_epochs"]) < a["dense_epochs"] else "")
+    elsewhere = (" (the protocol's command, retrained on this attempt's machine: another CPU rounds differently, "
+                 "and 300 epochs carry the difference into another model)" if a.get("other_start") else "")
     return (f"Its own start, not the protocol's: dense yolov5n from scratch on `{a['data']}` at {a['imgsz']} px, "
-            f"{a['dense_epochs']} epochs{stopped} ({a['dense_minutes']:.0f} min), best epoch "
+            f"{a['dense_epochs']} epochs{stopped}{elsewhere} ({a['dense_minutes']:.0f} min), best epoch "
             f"{a.get('dense_best_epoch')}: mAP@0.5:0.95 {a['start_map']:.3f}; over its last {c.get('window')} "
             f"epochs its best rose {c.get('rise', 0):.2%}. Curve: [{Path(a['curve']).name}]({a['curve']})")
 

@@ -39,6 +39,18 @@ def own_start(opt: argparse.Namespace) -> bool:
             or opt.imgsz != PROTOCOL_IMGSZ or opt.data != PROTOCOL_DATA or opt.project != BENCH_DIR / "protocol")
 
 
+def shared_or_other_start(result: dict, protocol_section: dict | None, attempt_curve: Path) -> dict:
+    """An attempt with the protocol's dense settings: when its dense run is the protocol section's (same best epoch
+    and mAP), it shares that section's curve (its own copy is removed); when the same command gave another model
+    (retrained on another machine: other CPUs round differently), it is marked ``other_start`` and keeps its curve."""
+    section = protocol_section or {}
+    if (section.get("start_map"), section.get("dense_best_epoch")) == (result["start_map"],
+                                                                       result["dense_best_epoch"]):
+        attempt_curve.unlink(missing_ok=True)
+        return {**result, "curve": section.get("curve", result["curve"])}
+    return {**result, "other_start": True}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """benchmarks.py's command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,11 +101,13 @@ def main() -> None:
             parser.error("--finetune-args changes the protocol: name the attempt with --attempt NAME")
         if opt.finetune_hyp != PROTOCOL_FINETUNE_HYP and not attempt:
             parser.error("--finetune-hyp changes the protocol: name the attempt with --attempt NAME")
+        attempt_curve = DENSE_CURVE.with_name(f"{DENSE_CURVE.stem}_{attempt}.png")
         result = accuracy(opt.epochs, opt.finetune_epochs, opt.imgsz, 32, opt.data, tuple(opt.variants),
                           opt.project, finetune_overrides=overrides, attempt=attempt,
                           continue_epochs=opt.continue_epochs, finetune_hyp=opt.finetune_hyp,
-                          curve=DENSE_CURVE.with_name(f"{DENSE_CURVE.stem}_{attempt}.png")
-                          if attempt and own_start(opt) else DENSE_CURVE)
+                          curve=attempt_curve if attempt else DENSE_CURVE)
+        if attempt and not own_start(opt):
+            result = shared_or_other_start(result, results.get("accuracy"), attempt_curve)
         if not attempt:
             earlier = results.get("commands", {}).get("accuracy", {})
             origin = f"`{earlier.get('command', 'python benchmarks.py')}`, {earlier.get('date', 'date unknown')}"

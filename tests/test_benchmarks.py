@@ -553,8 +553,31 @@ def test_an_attempt_from_its_own_dense_run_says_so_and_lists_that_start() -> Non
     assert "The same start" not in text
     assert "at 128 px, 700 epochs, stopped by --patience after epoch 577 (70 min), best epoch 477" in text
     assert "| start (dense) | 0.660 | 0.454 | 0 | 94.6% | 70 |" in text
-    protocol_attempt = {**attempt, "imgsz": protocol.PROTOCOL_IMGSZ, "dense_epochs": protocol.PROTOCOL_EPOCHS}
+    protocol_attempt = {**attempt, "imgsz": protocol.PROTOCOL_IMGSZ, "dense_epochs": protocol.PROTOCOL_EPOCHS,
+                        "convergence": {"epochs": protocol.PROTOCOL_EPOCHS, "window": 30, "rise": 0.004}}
     assert "The same start" in "\n".join(protocol.attempt_markdown(protocol_attempt))
+    # the protocol's command retrained on another machine gave another model: not "the same start" either
+    elsewhere = "\n".join(protocol.attempt_markdown({**protocol_attempt, "other_start": True}))
+    assert "The same start" not in elsewhere and "retrained on this attempt's machine" in elsewhere
+    assert "| start (dense) | 0.660 | 0.454 |" in elsewhere
+
+
+def test_an_attempt_with_the_protocols_settings_shares_its_curve_only_if_it_trained_the_same_model(tmp_path) -> None:
+    """Retrained on another CPU, the protocol's dense command gives another model (AMD EPYC: best epoch 280,
+    0.462, against 291 and 0.483 on the Xeon): that attempt keeps a curve of its own and says so; the protocol's
+    curve and text are left alone."""
+    from benchmarks import cli
+
+    section = {"start_map": 0.483, "dense_best_epoch": 291, "curve": "BENCHMARKS_dense_curve.png"}
+    curve = tmp_path / "BENCHMARKS_dense_curve_e100.png"
+    curve.write_bytes(b"png")
+    same = cli.shared_or_other_start({"start_map": 0.483, "dense_best_epoch": 291, "curve": str(curve)}, section,
+                                     curve)
+    assert same["curve"] == "BENCHMARKS_dense_curve.png" and not same.get("other_start") and not curve.exists()
+    curve.write_bytes(b"png")
+    other = cli.shared_or_other_start({"start_map": 0.462, "dense_best_epoch": 280, "curve": str(curve)}, section,
+                                      curve)
+    assert other["other_start"] and other["curve"] == str(curve) and curve.exists()
 
 
 @pytest.mark.parametrize("flags", [["--finetune-hyp", "data/hyps/hyp.scratch-low.yaml"],
