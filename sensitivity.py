@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import val  # noqa: E402  (the validation loop: the model and dataloader stay here across the measurements)
 from utils.dataset import create_dataloader  # noqa: E402
 from utils.dataset_config import check_dataset  # noqa: E402
 from utils.logs import setup_script_logging  # noqa: E402
@@ -70,8 +71,6 @@ def run(weights: str, data: str, imgsz: int = 640, batch_size: int = 32, workers
         recipe: str = DEFAULT_TEMPLATE, project: str = str(ROOT / "runs" / "sensitivity"), name: str = "exp",
         exist_ok: bool = False) -> Path:
     """Measure, lay out, write; returns the recipe written."""
-    import val  # the validation loop, with the model and dataloader held here across the measurements
-
     model = load_weights(weights).model.float().eval()
     dataset = check_dataset(data)
     if not dataset.get("val"):
@@ -97,8 +96,9 @@ def run(weights: str, data: str, imgsz: int = 640, batch_size: int = 32, workers
     header = (f"# Pruning layout from a one-shot sensitivity analysis (sensitivity.py): {Path(weights).name} on "
               f"{Path(data).name} at {imgsz} px,\n# baseline mAP@0.5:0.95 {baseline:.4f}; each conv layer pruned "
               f"alone to {', '.join(map(str, levels))}; {zeros / total:.1%} of all conv weights\n# zero (target "
-              f"{target:.0%}). The pruning_modifiers below replace the layer groups of {Path(recipe).name}, which "
-              f"the comments\n# further down still describe; the schedule, distillation and QAT are that recipe's.\n")
+              f"{target:.0%}). The pruning_modifiers below replace the layer groups of\n# {Path(recipe).name}, "
+              f"which the comments further down still describe; the schedule, distillation and QAT are that "
+              f"recipe's.\n")
     out = save_dir / f"{Path(recipe).stem}.sensitivity.yaml"
     out.write_text(layout_recipe(Path(recipe).read_text(encoding="utf-8"), layout, header), encoding="utf-8")
     counts = {level: sum(1 for value in layout.values() if value == level) for level in levels}

@@ -20,7 +20,8 @@ def test_qdq_rewrite_and_structure_import_with_sparseml_unavailable() -> None:
 def test_entry_scripts_and_the_sparsification_package_import_with_sparseml_unavailable() -> None:
     """SparseML, sparsezoo and DeepSparse load only when a recipe, a zoo: stub or DeepSparse is used."""
     code = ("import sys\nfor name in ('sparseml', 'sparsezoo', 'deepsparse'): sys.modules[name] = None\n"
-            "import train, val, export, detect, demo, benchmarks.cli, utils.sparsification\nprint('imported')")
+            "import train, val, export, detect, demo, sensitivity, benchmarks.cli, utils.sparsification\n"
+            "print('imported')")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
 
