@@ -302,6 +302,16 @@ def test_a_run_stopped_early_by_patience_is_finished_not_resumed(tmp_path, monke
     assert commands[-1][commands[-1].index("--patience") + 1] == "0"
 
 
+def train_flags_and_settings(command: list[str]) -> tuple[dict, dict]:
+    """A train.py command's flags, and the opt.yaml settings that train.py would save for it."""
+    flags = {k.lstrip("-").replace("-", "_"): v for k, v in zip(command[1::2], command[2::2])}
+    settings = {"weights": flags["weights"], "optimizer": flags["optimizer"], "imgsz": int(flags["imgsz"]),
+                "data": flags["data"], "cfg": flags.get("cfg", ""), "hyp": flags.get("hyp", ""),
+                "epochs": int(flags.get("epochs", 3)), "teacher_weights": flags.get("teacher_weights", ""),
+                "sparsification_recipe": flags.get("sparsification_recipe"), "recipe_args": flags.get("recipe_args")}
+    return flags, settings
+
+
 def fake_run(run_dir, settings: dict, maps: list[float], phases: list[str]) -> None:
     """A finished train.py run folder: opt.yaml, results.csv (one row per mAP@0.5:0.95 in ``maps``) and weights."""
     import yaml
@@ -445,12 +455,7 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
 
     def fake_train(command: list[str]) -> float:  # writes what train.py would: opt.yaml, results.csv, weights
         commands.append(command)
-        flags = {k.lstrip("-").replace("-", "_"): v for k, v in zip(command[1::2], command[2::2])}
-        settings = {"weights": flags["weights"], "optimizer": flags["optimizer"], "imgsz": int(flags["imgsz"]),
-                    "data": flags["data"], "cfg": flags.get("cfg", ""), "hyp": flags.get("hyp", ""),
-                    "epochs": int(flags.get("epochs", 3)), "teacher_weights": flags.get("teacher_weights", ""),
-                    "sparsification_recipe": flags.get("sparsification_recipe"),
-                    "recipe_args": flags.get("recipe_args")}
+        flags, settings = train_flags_and_settings(command)
         name = flags["name"]
         variant = name if name in maps else re.sub(r"_(e3|lowlr|continued3_e3)$", "", name)
         phases = (["dense"] * len(maps[variant]) if variant.startswith(("dense", "control"))
@@ -621,12 +626,7 @@ def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_star
 
     def fake_train(command: list[str]) -> float:
         trainings.append(command)
-        flags = {k.lstrip("-").replace("-", "_"): v for k, v in zip(command[1::2], command[2::2])}
-        settings = {"weights": flags["weights"], "optimizer": flags["optimizer"], "imgsz": int(flags["imgsz"]),
-                    "data": flags["data"], "cfg": flags.get("cfg", ""), "hyp": flags.get("hyp", ""),
-                    "epochs": int(flags.get("epochs", 3)), "teacher_weights": flags.get("teacher_weights", ""),
-                    "sparsification_recipe": flags.get("sparsification_recipe"),
-                    "recipe_args": flags.get("recipe_args")}
+        flags, settings = train_flags_and_settings(command)
         maps, phases = {"dense": ([0.5, 0.55, 0.6, 0.6, 0.6, 0.6], ["dense"] * 6),
                         "control_e3": ([0.58, 0.6, 0.6], ["dense"] * 3)}.get(
             flags["name"], ([0.5, 0.55, 0.58], ["pruned", "pruned", "quantized"]))

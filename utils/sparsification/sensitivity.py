@@ -66,10 +66,8 @@ def layer_sensitivities(model: nn.Module, evaluate: Callable[[], float], levels:
         try:
             for level in levels:
                 with torch.no_grad():
-                    parameter.mul_(magnitude_mask(original, level))
+                    parameter.copy_(original * magnitude_mask(original, level))
                 maps[float(level)] = float(evaluate())
-                with torch.no_grad():
-                    parameter.copy_(original)
         finally:
             with torch.no_grad():
                 parameter.copy_(original)
