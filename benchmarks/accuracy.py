@@ -3,6 +3,7 @@ it; recovery = sparse mAP@0.5:0.95 / max(start, control). See BENCHMARKS.md's ac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -65,10 +66,21 @@ SPARSE_VARIANTS.update({
     # SENSITIVITY_TARGET of all conv weights where it costs least (the recipe is written beside the runs).
     "pruned_quant_distill_sens": {"recipe_args": {}, "teacher": True, "sensitivity": True,
                                   "note": "per-layer sparsities from `sensitivity.py` on the start"},
+    # The same layout in recipes/yolov5n.pruned.yaml (no QAT): what its pruning costs alone.
+    "pruned_distill_sens": {"recipe_args": {}, "teacher": True, "sensitivity": True,
+                            "recipe": "recipes/yolov5n.pruned.yaml",
+                            "note": "per-layer sparsities from `sensitivity.py` on the start"},
+    # The speed-first file (relu_block4_quant) with per-layer sparsities instead of its groups, at its ~80%: the
+    # layout comes from the unstructured analysis of the SiLU start; the fine-tune prunes those layers in 4-blocks.
+    "relu_block4_quant_sens": {"recipe_args": BLOCK4, "teacher": True, "cfg": "yolov5n-relu.yaml",
+                               "sensitivity": True, "target": 0.8,
+                               "note": "--cfg yolov5n-relu.yaml, 4-block, per-layer sparsities from `sensitivity.py` "
+                                       "(unstructured, on the SiLU start), Detect INT8"},
 })
 # At least the group layout's 76.9% of conv weights, so the two layouts compare at the same sparsity or above it.
-SENSITIVITY_TARGET, SENSITIVITY_LEVELS = 0.77, (0.3, 0.5, 0.7, 0.85, 0.95)
-DEFAULT_VARIANTS = ("pruned_quant_distill", "relu_block4_quant", "pruned_distill", "quant")
+SENSITIVITY_TARGET, SENSITIVITY_LEVELS = 0.77, (0.0, 0.3, 0.5, 0.7, 0.85, 0.95)
+DEFAULT_VARIANTS = ("pruned_quant_distill", "pruned_quant_distill_sens", "relu_block4_quant",
+                    "relu_block4_quant_sens", "pruned_distill", "pruned_distill_sens", "quant")
 FINETUNE_RECIPE = "recipes/yolov5n.pruned_quant.yaml"
 # AdamW at two thirds of the dense run's lr0 (0.003), decaying to a quarter of that; QAT at 1e-4 -> 1e-6. One-off
 # runs kept more mAP with it than with 0.001 -> 0.0001 (recipes/README.md); the control gets the same schedule.
@@ -156,8 +168,10 @@ def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sp
     ``run_name`` (default ``name``): its recipe (the pruned_quant one by default) with those of the benchmark's
     learning-rate and pruning variables that the recipe defines, and the hyperparameters ``hyp``."""
     variant = SPARSE_VARIANTS[name]
-    recipe = (str(sensitivity_recipe(Path(common[common.index("--project") + 1]), start))
-              if variant.get("sensitivity") else variant.get("recipe", FINETUNE_RECIPE))
+    recipe = variant.get("recipe", FINETUNE_RECIPE)
+    if variant.get("sensitivity"):  # the variant's recipe is the template of the layout
+        recipe = str(pinned_layout(sensitivity_recipe(Path(common[common.index("--project") + 1]), start, recipe,
+                                                      variant.get("target", SENSITIVITY_TARGET))))
     defined = recipe_variables(recipe)
     recipe_args = {**{k: v for k, v in {**lr_args, **sparse_args}.items() if k in defined}, **variant["recipe_args"]}
     teacher = ["--teacher-weights", str(start)] if variant["teacher"] else []
@@ -167,27 +181,49 @@ def variant_command(name: str, start: Path, common: list[str], lr_args: dict, sp
             "--name", run_name or name]
 
 
-def sensitivity_recipe(project: Path, start: Path) -> Path:
-    """Where the sensitivity layout of ``start`` (``project/<run>/weights/best.pt``) is written: one per start."""
-    return project / f"sensitivity_{start.parent.parent.name}" / f"{Path(FINETUNE_RECIPE).stem}.sensitivity.yaml"
+def sensitivity_recipe(project: Path, start: Path, template: str = FINETUNE_RECIPE,
+                       target: float = SENSITIVITY_TARGET) -> Path:
+    """Where the sensitivity layout of ``start`` (``project/<run>/weights/best.pt``) in ``template`` is written: one
+    folder per start (and target other than SENSITIVITY_TARGET), one recipe per template."""
+    folder = f"sensitivity_{start.parent.parent.name}" + ("" if target == SENSITIVITY_TARGET else f"_t{target:g}")
+    return project / folder / f"{Path(template).stem}.sensitivity.yaml"
 
 
-def sensitivity_stage(project: Path, start: Path, common: list[str]) -> Path:
-    """Run sensitivity.py on ``start`` with FINETUNE_RECIPE as the template, or reuse its finished output for the
-    same start, data, size, levels and target. Returns the recipe."""
-    recipe = sensitivity_recipe(project, start)
+def pinned_layout(recipe: Path) -> Path:
+    """A copy of the layout ``recipe`` named by its content less comments (``<name>.<sha256[:8]>.yaml``), which the
+    fine-tunes train with: their opt.yaml then names the layout itself, so a run of an earlier layout (other levels,
+    target or layout rule, same file name) is never taken for a finished run of this one."""
+    text = recipe.read_bytes()
+    content = b"\n".join(line for line in text.splitlines() if not line.lstrip().startswith(b"#"))
+    pinned = recipe.with_name(f"{recipe.stem}.{hashlib.sha256(content).hexdigest()[:8]}.yaml")
+    if not pinned.is_file():
+        pinned.write_bytes(text)
+    return pinned
+
+
+def sensitivity_stage(project: Path, start: Path, common: list[str], template: str = FINETUNE_RECIPE,
+                      target: float = SENSITIVITY_TARGET) -> Path:
+    """Run sensitivity.py on ``start`` with ``template`` and ``target``, or reuse its finished output for the same
+    start, data, size, levels and target; an analysis of the same start for other levels, template or target lends its
+    measurements (only missing levels are measured). Returns the recipe."""
+    recipe = sensitivity_recipe(project, start, template, target)
     data, imgsz = common[common.index("--data") + 1], int(common[common.index("--imgsz") + 1])
     wanted = {"weights": str(start), "data": data, "imgsz": imgsz, "levels": list(SENSITIVITY_LEVELS),
-              "target": SENSITIVITY_TARGET}
+              "target": target}
+
+    def saved(record: Path) -> dict:
+        return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+
     record = recipe.parent / "sensitivity.json"
-    if recipe.is_file() and record.is_file():
-        saved = json.loads(record.read_text(encoding="utf-8"))
-        if all(saved.get(key) == value for key, value in wanted.items()):
-            print(f"reusing the sensitivity analysis {record} (same start and settings)", flush=True)
-            return recipe
+    if recipe.is_file() and all(saved(record).get(key) == value for key, value in wanted.items()):
+        print(f"reusing the sensitivity analysis {record} (same start and settings)", flush=True)
+        return recipe
+    lender = next((r for r in (record, sensitivity_recipe(project, start).parent / "sensitivity.json")
+                   if all(saved(r).get(key) == wanted[key] for key in ("weights", "data", "imgsz"))), None)
     run_command(["sensitivity.py", "--weights", str(start), "--data", data, "--imgsz", str(imgsz), "--levels",
-                 *map(str, SENSITIVITY_LEVELS), "--target", str(SENSITIVITY_TARGET), "--recipe", FINETUNE_RECIPE,
-                 "--project", str(recipe.parent.parent), "--name", recipe.parent.name, "--exist-ok"])
+                 *map(str, SENSITIVITY_LEVELS), "--target", str(target), "--recipe", template,
+                 "--project", str(recipe.parent.parent), "--name", recipe.parent.name, "--exist-ok",
+                 *(["--reuse", str(lender)] if lender else [])])
     return recipe
 
 
@@ -382,7 +418,8 @@ def accuracy(epochs: int, finetune_epochs: int, imgsz: int, batch: int, data: st
     for name in variants:
         variant = SPARSE_VARIANTS[name]
         if variant.get("sensitivity"):
-            sensitivity_stage(project, start, common)
+            sensitivity_stage(project, start, common, variant.get("recipe", FINETUNE_RECIPE),
+                              variant.get("target", SENSITIVITY_TARGET))
         variant_run(project, name, start, finetune_epochs, common, lr_args, sparse_args, name + suffix,
                     finetune_hyp)
         rows = read_results(project / (name + suffix))
@@ -448,11 +485,14 @@ def accuracy_markdown(a: dict) -> list[str]:
         lines.append(f"| {r['name']}{' *' if r.get('kept_from') else ''} | {what} | "
                      f"{'the start' if r['teacher'] else ''} | {r['map50']:.3f} | {r['map']:.3f} | "
                      f"{r['sparsity']:.3f} | {r['recovery']:.1%} | {r['minutes']:.0f} ({r['phase_minutes']}) |")
+    return [*lines, *kept_footnote(a), ""]
+
+
+def kept_footnote(a: dict) -> list[str]:
+    """The footnote on rows marked ``*``: trained by an earlier run of the section (its command and date)."""
     origins = sorted({r["kept_from"] for r in a["sparse"] if r.get("kept_from")})
-    if origins:
-        lines += ["", "\\* trained by an earlier run of the section with the same dense start: "
-                  + "; ".join(origins) + "."]
-    return [*lines, ""]
+    return ["", "\\* trained by an earlier run of the section with the same dense start: " + "; ".join(origins)
+            + "."] if origins else []
 
 
 def attempt_markdown(a: dict) -> list[str]:
@@ -481,9 +521,9 @@ def attempt_markdown(a: dict) -> list[str]:
                 f"{a['start_map'] / a['baseline_map']:.1%} | {a['dense_minutes']:.0f} |"] if own else []),
              f"| control | {a['control_map50']:.3f} | {a['control_map']:.3f} | 0 | "
              f"{a['control_map'] / a['baseline_map']:.1%} | {a['control_minutes']:.0f} |"]
-    lines += [f"| {r['name']} | {r['map50']:.3f} | {r['map']:.3f} | {r['sparsity']:.3f} | {r['recovery']:.1%} | "
-              f"{r['minutes']:.0f} |" for r in a["sparse"]]
-    return [*lines, ""]
+    lines += [f"| {r['name']}{' *' if r.get('kept_from') else ''} | {r['map50']:.3f} | {r['map']:.3f} | "
+              f"{r['sparsity']:.3f} | {r['recovery']:.1%} | {r['minutes']:.0f} |" for r in a["sparse"]]
+    return [*lines, *kept_footnote(a), ""]
 
 
 def own_start(a: dict) -> str:

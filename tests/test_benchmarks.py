@@ -188,9 +188,10 @@ def test_the_fine_tunes_train_with_the_dense_runs_hyperparameters_and_say_which(
     start, common = tmp_path / "best.pt", ["--data", "data/shapes_tiny.yaml", "--imgsz", "160"]
     lr_args = {"num_epochs": 30, **protocol.FINETUNE_ARGS}
     sparse_args = {**lr_args, "pruning_end_epoch": 12.0, **protocol.SPARSITY_ARGS}
-    for name in protocol.DEFAULT_VARIANTS:
-        command = protocol.variant_command(name, start, common, lr_args, sparse_args)
-        assert command[command.index("--hyp") + 1] == dense_hyp, name
+    for name in protocol.DEFAULT_VARIANTS:  # (the layouts of the sensitivity variants: in their own test)
+        if not protocol.SPARSE_VARIANTS[name].get("sensitivity"):
+            command = protocol.variant_command(name, start, common, lr_args, sparse_args)
+            assert command[command.index("--hyp") + 1] == dense_hyp, name
     other = protocol.variant_command("quant", start, common, lr_args, sparse_args,
                                      hyp="data/hyps/hyp.scratch-low.yaml")
     assert other[other.index("--hyp") + 1] == "data/hyps/hyp.scratch-low.yaml"
@@ -466,8 +467,9 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
 
     monkeypatch.setattr(runs, "run_command", fake_train)
     monkeypatch.setattr(protocol, "run_minutes", lambda run_dir: 1.0)
-    result = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path,
-                                 curve=tmp_path / "curve.png", attempt="e3")
+    variants = ("pruned_quant_distill", "relu_block4_quant", "pruned_distill", "quant")  # sensitivity: own test
+    result = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants, project=tmp_path,
+                               curve=tmp_path / "curve.png", attempt="e3")
     # 3 epochs is not the protocol's fine-tune length: those runs get folders of their own (an attempt never
     # replaces the protocol's runs); the dense start is shared.
     assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control_e3", "pruned_quant_distill_e3",
@@ -483,8 +485,8 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     relu = next(c for c in commands if c[c.index("--name") + 1] == "relu_block4_quant_e3")
     assert json.loads(relu[relu.index("--recipe-args") + 1])["mask_type"] == [1, 4]
     commands.clear()
-    again = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", project=tmp_path, curve=tmp_path / "c.png",
-                                attempt="e3")
+    again = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants, project=tmp_path,
+                              curve=tmp_path / "c.png", attempt="e3")
     assert commands == [] and again["dense_reused"] and again["control_reused"]
     # an attempt with other learning rates: its own control and runs, the overrides in their recipe arguments
     protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("quant",), project=tmp_path,
@@ -565,6 +567,13 @@ def test_an_attempt_from_its_own_dense_run_says_so_and_lists_that_start() -> Non
     elsewhere = "\n".join(protocol.attempt_markdown({**protocol_attempt, "other_start": True}))
     assert "The same start" not in elsewhere and "retrained on this attempt's machine" in elsewhere
     assert "| start (dense) | 0.660 | 0.454 |" in elsewhere
+    # a row of an earlier run of the attempt is marked with the command that trained it
+    row = {"name": "pruned_quant_distill", "map50": 0.6, "map": 0.43, "sparsity": 0.769, "recovery": 0.9,
+           "minutes": 6, "kept_from": "`python benchmarks.py --attempt s700_128 --variants a b`, d0"}
+    kept = "\n".join(protocol.attempt_markdown({**attempt, "sparse": [row]}))
+    assert "| pruned_quant_distill * | 0.600 | 0.430 |" in kept
+    assert "\\* trained by an earlier run of the section with the same dense start: `python benchmarks.py " \
+           "--attempt s700_128 --variants a b`, d0." in kept
 
 
 def test_an_attempt_with_the_protocols_settings_shares_its_curve_only_if_it_trained_the_same_model(tmp_path) -> None:
@@ -609,19 +618,20 @@ def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_star
 
     from utils.sparsification.sensitivity import layout_recipe
 
-    template = (protocol.ROOT / protocol.FINETUNE_RECIPE).read_text(encoding="utf-8")
     analyses, trainings = [], []
+    fake_layout = {"model.8.cv1.conv.weight": 0.95, "model.2.cv1.conv.weight": 0.3}
 
     def fake_sensitivity(command: list[str]) -> float:  # writes what sensitivity.py writes
         analyses.append(command)
-        flags = {k.lstrip("-"): v for k, v in zip(command[1::2], command[2::2])}
+        flags = {command[i].lstrip("-"): command[i + 1] for i in range(len(command) - 1)
+                 if command[i] in ("--weights", "--data", "--imgsz", "--target", "--project", "--name", "--recipe")}
         out = Path(flags["project"]) / flags["name"]
         out.mkdir(parents=True, exist_ok=True)
         (out / "sensitivity.json").write_text(json.dumps({
             "weights": flags["weights"], "data": flags["data"], "imgsz": int(flags["imgsz"]),
             "levels": list(protocol.SENSITIVITY_LEVELS), "target": float(flags["target"])}))
-        (out / "yolov5n.pruned_quant.sensitivity.yaml").write_text(
-            layout_recipe(template, {"model.8.cv1.conv.weight": 0.95, "model.2.cv1.conv.weight": 0.3}, "# t"))
+        (out / f"{Path(flags['recipe']).stem}.sensitivity.yaml").write_text(layout_recipe(
+            (protocol.ROOT / flags["recipe"]).read_text(encoding="utf-8"), fake_layout, "# t"))
         return 0.0
 
     def fake_train(command: list[str]) -> float:
@@ -640,16 +650,19 @@ def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_star
                                project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
     start = tmp_path / "dense" / "weights" / "best.pt"
     assert len(analyses) == 1 and analyses[0][0] == "sensitivity.py"
-    analysis = dict(zip(analyses[0][1::2], analyses[0][2::2]))
+    analysis = {flag: analyses[0][i + 1] for i, flag in enumerate(analyses[0][:-1]) if flag.startswith("--")}
     assert analysis["--weights"] == str(start) and analysis["--recipe"] == protocol.FINETUNE_RECIPE
     assert float(analysis["--target"]) == protocol.SENSITIVITY_TARGET >= 0.75
     sparse = trainings[-1]
     recipe = sparse[sparse.index("--sparsification-recipe") + 1]
-    assert recipe == str(tmp_path / "sensitivity_dense" / "yolov5n.pruned_quant.sensitivity.yaml")
+    layout = tmp_path / "sensitivity_dense" / "yolov5n.pruned_quant.sensitivity.yaml"
+    assert Path(recipe).parent == layout.parent and Path(recipe).read_text() == layout.read_text()
+    assert re.fullmatch(r"yolov5n\.pruned_quant\.sensitivity\.[0-9a-f]{8}\.yaml", Path(recipe).name)
     recipe_args = json.loads(sparse[sparse.index("--recipe-args") + 1])
     assert recipe_args["init_lr"] == protocol.FINETUNE_ARGS["init_lr"] and recipe_args["pruning_end_epoch"] == 1.2
     assert not any(key.startswith("final_sparsity") for key in recipe_args)  # the layout decides every sparsity
     assert sparse[sparse.index("--teacher-weights") + 1] == str(start)
+    assert sparse[sparse.index("--hyp") + 1] == protocol.PROTOCOL_FINETUNE_HYP
     row = result["sparse"][0]
     assert row["recipe"] == protocol.FINETUNE_RECIPE and "sensitivity.py" in row["note"]
     assert str(tmp_path) not in json.dumps(result["sparse"])
@@ -657,3 +670,41 @@ def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_star
     protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
                       project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
     assert analyses == []  # the same start and settings: the analysis and its recipe are reused
+    assert "--reuse" not in analysis
+    monkeypatch.setattr(protocol, "SENSITIVITY_TARGET", 0.8)
+    protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
+                      project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+    assert len(analyses) == 1  # another target: laid out again from the stored measurements of the same start
+    assert analyses[0][analyses[0].index("--reuse") + 1] == str(tmp_path / "sensitivity_dense" / "sensitivity.json")
+
+    # pruning alone with the same layout: laid out in the pruning-only recipe from the same measurements
+    analyses.clear()
+    protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_distill_sens",),
+                      project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+    assert len(analyses) == 1 and analyses[0][analyses[0].index("--recipe") + 1] == "recipes/yolov5n.pruned.yaml"
+    assert "--reuse" in analyses[0]
+    pruned = trainings[-1][trainings[-1].index("--sparsification-recipe") + 1]
+    assert re.fullmatch(r"yolov5n\.pruned\.sensitivity\.[0-9a-f]{8}\.yaml", Path(pruned).name)
+
+    # the speed-first file at its own target: a layout of its own, from the same measurements, pruned in 4-blocks
+    monkeypatch.undo()
+    monkeypatch.setattr(runs, "run_command", fake_train)
+    monkeypatch.setattr(protocol, "run_command", fake_sensitivity)
+    monkeypatch.setattr(protocol, "run_minutes", lambda run_dir: 1.0)
+    analyses.clear()
+    protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("relu_block4_quant_sens",),
+                      project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+    relu_analysis = {flag: analyses[0][i + 1] for i, flag in enumerate(analyses[0][:-1]) if flag.startswith("--")}
+    assert relu_analysis["--target"] == "0.8" and relu_analysis["--name"] == "sensitivity_dense_t0.8"
+    assert relu_analysis["--reuse"] == str(tmp_path / "sensitivity_dense" / "sensitivity.json")
+    relu = trainings[-1]
+    assert Path(relu[relu.index("--sparsification-recipe") + 1]).parent.name == "sensitivity_dense_t0.8"
+    assert relu[relu.index("--cfg") + 1] == "yolov5n-relu.yaml"
+    assert json.loads(relu[relu.index("--recipe-args") + 1])["mask_type"] == [1, 4]
+
+    # a changed layout under the same file name is not the finished run of the old one: nothing is overwritten
+    fake_layout["model.8.cv1.conv.weight"] = 0.9
+    (tmp_path / "sensitivity_dense" / "sensitivity.json").unlink()  # analysed anew (say, by a newer layout rule)
+    with pytest.raises(SystemExit, match="holds a run of other settings"):
+        protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
+                          project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")

@@ -123,6 +123,42 @@ def test_the_written_recipe_is_the_template_with_per_layer_sparsities_that_spars
     assert sparsity_report(model).conv_sparsity == pytest.approx(expected, abs=0.002)
 
 
+def test_level_zero_is_the_baseline_and_known_levels_are_not_measured_again(yolov5n, monkeypatch) -> None:
+    import utils.sparsification.sensitivity as sensitivity
+
+    layers = prunable_conv_weights(yolov5n)[:2]
+    monkeypatch.setattr(sensitivity, "prunable_conv_weights", lambda model: layers)
+    calls = []
+
+    def evaluate() -> float:
+        calls.append(sum(int((p == 0).sum()) for _, p in layers))
+        return 0.5 - calls[-1] / 1e7
+
+    known = {layers[0][0]: {0.5: 0.123}}  # an earlier analysis measured the first layer at 0.5
+    baseline, results = layer_sensitivities(yolov5n, evaluate, [0.0, 0.5], known=known)
+    assert len(calls) == 2  # the baseline and the second layer at 0.5; nothing at level 0, nothing known twice
+    assert results[0].maps == {0.0: baseline, 0.5: 0.123}
+    assert results[1].maps[0.0] == baseline and results[1].maps[0.5] < baseline
+
+
+def test_a_step_that_a_later_larger_step_made_unnecessary_is_taken_back() -> None:
+    # per zeroed weight the small layer is cheaper, so the greedy pass prunes it first; the big layer alone then
+    # reaches the target, and the small layer's loss buys nothing
+    layers = [LayerSensitivity("small", 100, {0.0: 0.5, 0.9: 0.491}),
+              LayerSensitivity("big", 1000, {0.0: 0.5, 0.9: 0.32})]
+    assert sparsity_layout(0.5, layers, target=850 / 1100, total_conv_weights=1100) == {"small": 0.0, "big": 0.9}
+
+
+def test_a_layer_at_level_zero_stays_dense_and_gets_no_modifier(yolov5n) -> None:
+    layers = [LayerSensitivity("model.1.conv.weight", 100, {0.0: 0.5, 0.5: 0.40, 0.9: 0.30}),  # small, sensitive
+              LayerSensitivity("model.8.cv1.conv.weight", 1000, {0.0: 0.5, 0.5: 0.50, 0.9: 0.49})]
+    layout = sparsity_layout(0.5, layers, target=0.8, total_conv_weights=1120)
+    assert layout == {"model.1.conv.weight": 0.0, "model.8.cv1.conv.weight": 0.9}
+    text = layout_recipe(TEMPLATE.read_text(encoding="utf-8"), layout, "#")
+    assert "'model.8.cv1.conv.weight'" in text and "model.1.conv.weight" not in text
+    assert "final_sparsity: 0.0" not in text
+
+
 def test_layout_recipe_needs_a_pruning_block_to_replace() -> None:
     with pytest.raises(ValueError, match="pruning_modifiers"):
         layout_recipe("version: 1.1.0\nnum_epochs: 10\n", {"model.1.conv.weight": 0.5}, "#")
@@ -152,6 +188,27 @@ def test_sensitivity_script_measures_a_trained_model_and_writes_a_recipe_train_a
     assert last["sparsification"]["is_quantized"]
     assert sparsity_report(load_weights(tmp_path / "sparse" / "weights" / "last.pt").model).conv_sparsity >= 0.6
 
+    # a new target with a dense option, from the stored measurements: only the baseline is evaluated again
+    evaluations = []
+    real_run = sensitivity.val.run
+
+    def counted_run(*args, **kwargs):
+        evaluations.append(1)
+        return real_run(*args, **kwargs)
+
+    sensitivity.val.run = counted_run
+    try:
+        again = sensitivity.main(sensitivity.parse_opt(
+            ["--weights", str(dense_run), "--data", str(shapes_dataset), "--imgsz", "64", "--batch-size", "4",
+             "--workers", "0", "--levels", "0", "0.9", "--target", "0.5", "--project", str(tmp_path), "--name",
+             "again", "--reuse", str(tmp_path / "exp" / "sensitivity.json")]))
+    finally:
+        sensitivity.val.run = real_run
+    assert len(evaluations) == 1 and again.is_file()
+    redone = json.loads((tmp_path / "again" / "sensitivity.json").read_text(encoding="utf-8"))
+    assert [layer["maps"]["0.9"] for layer in redone["layers"]] == [layer["maps"]["0.9"] for layer in result["layers"]]
+    assert 0.0 in {layer["sparsity"] for layer in redone["layers"]} and redone["conv_sparsity"] >= 0.5
+
 
 def test_sensitivity_refuses_a_missing_template_by_name(tmp_path, capsys) -> None:
     import sensitivity
@@ -159,3 +216,22 @@ def test_sensitivity_refuses_a_missing_template_by_name(tmp_path, capsys) -> Non
     with pytest.raises(SystemExit):
         sensitivity.parse_opt(["--weights", "w.pt", "--recipe", str(tmp_path / "nope.yaml")])
     assert "nope.yaml: no such file" in capsys.readouterr().err
+
+
+def test_reuse_refuses_measurements_of_other_weights(tmp_path) -> None:
+    import sensitivity
+
+    weights, other = tmp_path / "best.pt", tmp_path / "other.pt"
+    weights.write_bytes(b"model a")
+    other.write_bytes(b"model b")
+    record = tmp_path / "sensitivity.json"
+    record.write_text(json.dumps({"weights": str(other), "weights_sha256": sensitivity.file_digest(other),
+                                  "data": "d.yaml", "imgsz": 64, "layers": []}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"sensitivity\.json: measured with weights .*other\.pt"):
+        sensitivity.reused_measurements(record, str(weights), "d.yaml", 64)
+    with pytest.raises(ValueError, match="--imgsz 64"):
+        sensitivity.reused_measurements(record, str(other), "d.yaml", 128)
+    assert sensitivity.reused_measurements(record, str(other), "d.yaml", 64) == {}
+    record.write_text("{\"layers\": []}", encoding="utf-8")  # e.g. another tool's JSON
+    with pytest.raises(ValueError, match="not a sensitivity.json written by sensitivity.py"):
+        sensitivity.reused_measurements(record, str(other), "d.yaml", 64)

@@ -54,17 +54,24 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def layer_sensitivities(model: nn.Module, evaluate: Callable[[], float], levels: Sequence[float],
-                        progress: Callable[[str], None] = lambda line: None) -> tuple[float, list[LayerSensitivity]]:
+                        progress: Callable[[str], None] = lambda line: None,
+                        known: dict[str, dict[float, float]] | None = None) -> tuple[float, list[LayerSensitivity]]:
     """Evaluate ``model`` dense (the baseline), then with each prunable conv weight alone pruned to each of
-    ``levels``; every weight is restored after its measurements. ``evaluate`` returns mAP@0.5:0.95."""
+    ``levels``; every weight is restored after its measurements. ``evaluate`` returns mAP@0.5:0.95. Level 0 (the
+    layer left dense) is the baseline, not measured; ``known`` (layer name -> level -> mAP, from an earlier analysis
+    of the same model) is taken as measured, so adding levels measures only the new ones."""
     baseline = float(evaluate())
     results = []
     layers = prunable_conv_weights(model)
     for number, (name, parameter) in enumerate(layers, 1):
         original = parameter.detach().clone()
+        earlier = (known or {}).get(name, {})
         maps = {}
         try:
             for level in levels:
+                if level == 0 or float(level) in earlier:
+                    maps[float(level)] = baseline if level == 0 else float(earlier[float(level)])
+                    continue
                 with torch.no_grad():
                     parameter.copy_(original * magnitude_mask(original, level))
                 maps[float(level)] = float(evaluate())
@@ -82,7 +89,8 @@ def sparsity_layout(baseline: float, layers: Sequence[LayerSensitivity], target:
     """Each layer's final sparsity, chosen among its measured levels so that at least ``target`` of
     ``total_conv_weights`` (every conv weight, the unpruned stem and Detect included) is zero, at the least summed
     mAP loss: every layer starts at the lowest level and the layer whose next level costs least mAP per zeroed weight
-    steps up, until the target is reached. A layer's loss at a level is the largest it showed at that level or below
+    steps up, until the target is reached; then steps that the target no longer needs are taken back, costliest
+    first. A layer's loss at a level is the largest it showed at that level or below
     (one-shot measurements are noisy; a higher sparsity never counts as cheaper)."""
     if not layers:
         raise ValueError("no layers to lay out")
@@ -111,14 +119,21 @@ def sparsity_layout(baseline: float, layers: Sequence[LayerSensitivity], target:
                              f"{zeros() / total_conv_weights:.1%}): add a higher level")
         _, _, name = min(steps)
         chosen[name] += 1
+    while True:  # the last steps may overshoot: give back the costliest steps that the target does not need
+        spare = [(loss[name, levels[index]] - loss[name, levels[index - 1]], size[name], name)
+                 for name, index in chosen.items() if index > 0
+                 and zeros() - size[name] * (levels[index] - levels[index - 1]) >= needed - 0.5]
+        if not spare or max(spare)[0] <= 0:
+            break
+        chosen[max(spare)[2]] -= 1
     return {name: levels[index] for name, index in chosen.items()}
 
 
 def layout_recipe(template: str, layout: dict[str, float], header: str) -> str:
     """``template`` (a pruning recipe's text) with its ``pruning_modifiers`` replaced by one GMPruningModifier per
-    final sparsity of ``layout`` (exact parameter names), the template's group variables (``final_sparsity_*``) that
-    nothing else uses removed, and ``header`` (comment lines) on top. The schedule, distillation and quantization
-    stay the template's."""
+    final sparsity of ``layout`` above 0 (exact parameter names; layers at 0 stay dense), the template's group
+    variables (``final_sparsity_*``) that nothing else uses removed, and ``header`` (comment lines) on top. The
+    schedule, distillation and quantization stay the template's."""
     lines = template.splitlines()
     start = next((i for i, line in enumerate(lines) if line.rstrip() == "pruning_modifiers:"), None)
     if start is None:
@@ -131,7 +146,7 @@ def layout_recipe(template: str, layout: dict[str, float], header: str) -> str:
     if missing:
         raise ValueError(f"the template recipe does not define {', '.join(missing)} (the pruning schedule)")
     block = ["pruning_modifiers:"]
-    for level in sorted(set(layout.values()), reverse=True):
+    for level in sorted(set(layout.values()) - {0}, reverse=True):  # layers at 0 stay dense: no modifier
         names = sorted((name for name, value in layout.items() if value == level), key=_layer_order)
         block += ["  - !GMPruningModifier",
                   "    params: [" + ", ".join(f"'{name}'" for name in names) + "]",
