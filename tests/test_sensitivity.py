@@ -149,7 +149,7 @@ def test_a_step_that_a_later_larger_step_made_unnecessary_is_taken_back() -> Non
     assert sparsity_layout(0.5, layers, target=850 / 1100, total_conv_weights=1100) == {"small": 0.0, "big": 0.9}
 
 
-def test_a_layer_at_level_zero_stays_dense_and_gets_no_modifier(yolov5n) -> None:
+def test_a_layer_at_level_zero_stays_dense_and_gets_no_modifier() -> None:
     layers = [LayerSensitivity("model.1.conv.weight", 100, {0.0: 0.5, 0.5: 0.40, 0.9: 0.30}),  # small, sensitive
               LayerSensitivity("model.8.cv1.conv.weight", 1000, {0.0: 0.5, 0.5: 0.50, 0.9: 0.49})]
     layout = sparsity_layout(0.5, layers, target=0.8, total_conv_weights=1120)
@@ -166,7 +166,7 @@ def test_layout_recipe_needs_a_pruning_block_to_replace() -> None:
 
 @pytest.mark.slow
 def test_sensitivity_script_measures_a_trained_model_and_writes_a_recipe_train_accepts(
-        dense_run, shapes_dataset, tmp_path) -> None:
+        dense_run, shapes_dataset, tmp_path, monkeypatch) -> None:
     import sensitivity
 
     opt = sensitivity.parse_opt(["--weights", str(dense_run), "--data", str(shapes_dataset), "--imgsz", "64",
@@ -196,14 +196,11 @@ def test_sensitivity_script_measures_a_trained_model_and_writes_a_recipe_train_a
         evaluations.append(1)
         return real_run(*args, **kwargs)
 
-    sensitivity.val.run = counted_run
-    try:
-        again = sensitivity.main(sensitivity.parse_opt(
-            ["--weights", str(dense_run), "--data", str(shapes_dataset), "--imgsz", "64", "--batch-size", "4",
-             "--workers", "0", "--levels", "0", "0.9", "--target", "0.5", "--project", str(tmp_path), "--name",
-             "again", "--reuse", str(tmp_path / "exp" / "sensitivity.json")]))
-    finally:
-        sensitivity.val.run = real_run
+    monkeypatch.setattr(sensitivity.val, "run", counted_run)
+    again = sensitivity.main(sensitivity.parse_opt(
+        ["--weights", str(dense_run), "--data", str(shapes_dataset), "--imgsz", "64", "--batch-size", "4",
+         "--workers", "0", "--levels", "0", "0.9", "--target", "0.5", "--project", str(tmp_path), "--name",
+         "again", "--reuse", str(tmp_path / "exp" / "sensitivity.json")]))
     assert len(evaluations) == 1 and again.is_file()
     redone = json.loads((tmp_path / "again" / "sensitivity.json").read_text(encoding="utf-8"))
     assert [layer["maps"]["0.9"] for layer in redone["layers"]] == [layer["maps"]["0.9"] for layer in result["layers"]]
