@@ -537,7 +537,8 @@ def own_start(a: dict) -> str:
     stopped = (f", stopped by --patience after epoch {c['epochs'] - 1}"
                if c.get("epochs", a["dense_epochs"]) < a["dense_epochs"] else "")
     elsewhere = (" (the protocol's command, retrained on this attempt's machine: another CPU rounds differently, "
-                 "and 300 epochs carry the difference into another model)" if a.get("other_start") else "")
+                 f"and {a['dense_epochs']} epochs carry the difference into another model)" if a.get("other_start")
+                 else "")
     return (f"Its own start, not the protocol's: dense yolov5n from scratch on `{a['data']}` at {a['imgsz']} px, "
             f"{a['dense_epochs']} epochs{stopped}{elsewhere} ({a['dense_minutes']:.0f} min), best epoch "
             f"{a.get('dense_best_epoch')}: mAP@0.5:0.95 {a['start_map']:.3f}; over its last {c.get('window')} "
