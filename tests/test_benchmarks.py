@@ -90,6 +90,31 @@ def test_report_lists_commands_demo_recovery_and_the_fastest_file() -> None:
     assert "## Dense vs pruned" not in report.render_markdown(results)
 
 
+def test_a_start_continued_in_rounds_is_named_as_such_in_the_protocols_section() -> None:
+    """The run from scratch short of the 1% rule is trained on in rounds: the section says which model starts the
+    fine-tunes, and a round that confirms the run from scratch itself reads as a check, not as another start."""
+    section = accuracy_section()
+    section["convergence"].update(rise=0.0102, converged=False)
+    rounds = [{"number": 1, "folder": "dense_continued_e100", "map": 0.325, "rise": 0.325 / 0.32 - 1},
+              {"number": 2, "folder": "dense_continued_e100_r2", "map": 0.327, "rise": 0.327 / 0.325 - 1}]
+    section.update(start_map=0.325, continued={"epochs": 100, "rounds": rounds, "converged": True, "from_map": 0.32,
+                                               "start": "dense_continued_e100", "minutes": 20.0})
+    text = "\n".join(protocol.accuracy_markdown(section))
+    assert "The run from scratch: dense yolov5n, 400 epochs" in text and "NOT converged" not in text
+    assert "rose 1.02% (0.318 to 0.320): not under the protocol's 1% by itself, so it was trained on in rounds" in text
+    assert ("that run (0.320) was trained on dense in rounds of 100 epochs under the fine-tune's schedule" in text
+            and "round 1 0.325 (+1.6%), round 2 0.327 (+0.6%); the start is dense_continued_e100 (0.325)" in text)
+    assert "| dense (the start) | | | 0.500 | 0.325 | 0 | 101.2% | 105 |" in text  # 85 min from scratch + round 1
+    section["convergence"].update(rise=0.006, converged=True)
+    section.update(start_map=0.32, continued={"epochs": 100, "rounds": rounds[:1], "converged": True,
+                                              "from_map": 0.32, "start": "dense", "minutes": 0.0})
+    section["continued"]["rounds"][0].update(map=0.321, rise=0.321 / 0.32 - 1)
+    text = "\n".join(protocol.accuracy_markdown(section))
+    assert "The start: dense yolov5n, 400 epochs" in text and "not the run from scratch itself" not in text
+    assert "trained on dense for 100 epochs under the fine-tune's schedule (the control's recipe): round 1 0.321 " \
+           "(+0.3%), under 1%, so the run from scratch is the start" in text
+
+
 def test_best_of_uses_yolov5_fitness_within_a_phase() -> None:
     rows = [{"phase": "pruned", "metrics/mAP_0.5": "0.9", "metrics/mAP_0.5:0.95": "0.5"},
             {"phase": "pruned_quantized", "metrics/mAP_0.5": "0.2", "metrics/mAP_0.5:0.95": "0.3"},
@@ -468,8 +493,8 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     monkeypatch.setattr(runs, "run_command", fake_train)
     monkeypatch.setattr(protocol, "run_minutes", lambda run_dir: 1.0)
     variants = ("pruned_quant_distill", "relu_block4_quant", "pruned_distill", "quant")  # sensitivity: own test
-    result = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants, project=tmp_path,
-                               curve=tmp_path / "curve.png", attempt="e3")
+    result = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants, continue_epochs=0,
+                               project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
     # 3 epochs is not the protocol's fine-tune length: those runs get folders of their own (an attempt never
     # replaces the protocol's runs); the dense start is shared.
     assert [c[c.index("--name") + 1] for c in commands] == ["dense", "control_e3", "pruned_quant_distill_e3",
@@ -485,13 +510,13 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
     relu = next(c for c in commands if c[c.index("--name") + 1] == "relu_block4_quant_e3")
     assert json.loads(relu[relu.index("--recipe-args") + 1])["mask_type"] == [1, 4]
     commands.clear()
-    again = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants, project=tmp_path,
-                              curve=tmp_path / "c.png", attempt="e3")
+    again = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants, continue_epochs=0,
+                              project=tmp_path, curve=tmp_path / "c.png", attempt="e3")
     assert commands == [] and again["dense_reused"] and again["control_reused"]
     # an attempt with other learning rates: its own control and runs, the overrides in their recipe arguments
-    protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("quant",), project=tmp_path,
-                        curve=tmp_path / "c.png", finetune_overrides={"init_lr": 0.0005, "qat_init_lr": 5e-05},
-                        attempt="lowlr")
+    protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("quant",), continue_epochs=0,
+                      project=tmp_path, curve=tmp_path / "c.png",
+                      finetune_overrides={"init_lr": 0.0005, "qat_init_lr": 5e-05}, attempt="lowlr")
     assert [c[c.index("--name") + 1] for c in commands] == ["control_lowlr", "quant_lowlr"]
     control_args, quant_args = (json.loads(c[c.index("--recipe-args") + 1]) for c in commands)
     assert control_args["init_lr"] == 0.0005 and quant_args["qat_init_lr"] == 5e-05
@@ -543,7 +568,7 @@ def test_an_attempt_from_another_dense_run_draws_its_own_curve() -> None:
     assert not cli.own_start(options())  # e.g. --attempt lowlr: the same start, the same curve
     assert cli.own_start(options("--imgsz", "128"))
     assert cli.own_start(options("--epochs", "700"))
-    assert cli.own_start(options("--continue-epochs", "100"))
+    assert cli.own_start(options("--continue-epochs", "0"))  # the run from scratch alone, before 2026-12-07
     assert cli.own_start(options("--project", "runs/bench/protocol128"))
 
 
@@ -647,7 +672,7 @@ def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_star
     monkeypatch.setattr(protocol, "run_command", fake_sensitivity)
     monkeypatch.setattr(protocol, "run_minutes", lambda run_dir: 1.0)
     result = protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
-                               project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+                               continue_epochs=0, project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
     start = tmp_path / "dense" / "weights" / "best.pt"
     assert len(analyses) == 1 and analyses[0][0] == "sensitivity.py"
     analysis = {flag: analyses[0][i + 1] for i, flag in enumerate(analyses[0][:-1]) if flag.startswith("--")}
@@ -668,19 +693,19 @@ def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_star
     assert str(tmp_path) not in json.dumps(result["sparse"])
     analyses.clear()
     protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
-                      project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+                      continue_epochs=0, project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
     assert analyses == []  # the same start and settings: the analysis and its recipe are reused
     assert "--reuse" not in analysis
     monkeypatch.setattr(protocol, "SENSITIVITY_TARGET", 0.8)
     protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
-                      project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+                      continue_epochs=0, project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
     assert len(analyses) == 1  # another target: laid out again from the stored measurements of the same start
     assert analyses[0][analyses[0].index("--reuse") + 1] == str(tmp_path / "sensitivity_dense" / "sensitivity.json")
 
     # pruning alone with the same layout: laid out in the pruning-only recipe from the same measurements
     analyses.clear()
     protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_distill_sens",),
-                      project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+                      continue_epochs=0, project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
     assert len(analyses) == 1 and analyses[0][analyses[0].index("--recipe") + 1] == "recipes/yolov5n.pruned.yaml"
     assert "--reuse" in analyses[0]
     pruned = trainings[-1][trainings[-1].index("--sparsification-recipe") + 1]
@@ -693,7 +718,7 @@ def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_star
     monkeypatch.setattr(protocol, "run_minutes", lambda run_dir: 1.0)
     analyses.clear()
     protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("relu_block4_quant_sens",),
-                      project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+                      continue_epochs=0, project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
     relu_analysis = {flag: analyses[0][i + 1] for i, flag in enumerate(analyses[0][:-1]) if flag.startswith("--")}
     assert relu_analysis["--target"] == "0.8" and relu_analysis["--name"] == "sensitivity_dense_t0.8"
     assert relu_analysis["--reuse"] == str(tmp_path / "sensitivity_dense" / "sensitivity.json")
@@ -707,4 +732,4 @@ def test_the_sensitivity_variant_fine_tunes_with_the_layout_measured_on_its_star
     (tmp_path / "sensitivity_dense" / "sensitivity.json").unlink()  # analysed anew (say, by a newer layout rule)
     with pytest.raises(SystemExit, match="holds a run of other settings"):
         protocol.accuracy(6, 3, 160, 32, "data/shapes_tiny.yaml", variants=("pruned_quant_distill_sens",),
-                          project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
+                          continue_epochs=0, project=tmp_path, curve=tmp_path / "curve.png", attempt="e3")
