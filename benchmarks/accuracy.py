@@ -502,11 +502,12 @@ def kept_footnote(a: dict) -> list[str]:
             + "."] if origins else []
 
 
-def attempt_markdown(a: dict) -> list[str]:
+def attempt_markdown(a: dict, protocol_section: dict | None = None) -> list[str]:
     """An attempt at the protocol's target with a longer fine-tune: its command, its own control and its rows,
-    recovery against the better of the start and that control."""
+    recovery against the better of the start and that control. ``protocol_section``: the protocol's results, whose
+    start the attempt's is compared with."""
     changed = ", ".join(f"{k} {v}" for k, v in a.get("overrides", {}).items())
-    own = own_start(a)
+    own = own_start(a, protocol_section)
     start = ("The start: the dense run continued in rounds (below)" if a.get("continued")
              else own or "The same start")
     lines = [f"### Attempt {a.get('attempt', '')}: fine-tunes of {a['finetune_epochs']} epochs"
@@ -533,19 +534,32 @@ def attempt_markdown(a: dict) -> list[str]:
     return [*lines, *kept_footnote(a), ""]
 
 
-def own_start(a: dict) -> str:
-    """The sentence on an attempt's dense start when it is not the protocol's (another size, data or length, or the
-    protocol's command retrained on another machine: ``other_start``; "" when it is the protocol's or a continued
-    one)."""
-    if a.get("continued") or ((a.get("imgsz"), a.get("data"), a.get("dense_epochs")) == (
-            PROTOCOL_IMGSZ, PROTOCOL_DATA, PROTOCOL_EPOCHS) and not a.get("other_start")):
+def own_start(a: dict, protocol_section: dict | None = None) -> str:
+    """The sentence on an attempt's dense start when it is not the start of ``protocol_section`` (another size, data
+    or length; the protocol's command retrained on another machine: ``other_start``; the run from scratch alone when
+    the protocol's start is a continued round); "" when it is the same start, or a continued one (see
+    continued_markdown). Without ``protocol_section``, judged by the attempt's settings alone."""
+    protocol_settings = (a.get("imgsz"), a.get("data"), a.get("dense_epochs")) == (
+        PROTOCOL_IMGSZ, PROTOCOL_DATA, PROTOCOL_EPOCHS)
+    if protocol_section:
+        same = (a.get("start_map"), a.get("dense_best_epoch")) == (protocol_section.get("start_map"),
+                                                                   protocol_section.get("dense_best_epoch"))
+    else:
+        same = protocol_settings and not a.get("other_start")
+    if a.get("continued") or same:
         return ""
     c = a.get("convergence", {})
     stopped = (f", stopped by --patience after epoch {c['epochs'] - 1}"
                if c.get("epochs", a["dense_epochs"]) < a["dense_epochs"] else "")
-    elsewhere = (" (the protocol's command, retrained on this attempt's machine: another CPU rounds differently, "
-                 f"and {a['dense_epochs']} epochs carry the difference into another model)" if a.get("other_start")
-                 else "")
+    rounds = (protocol_section or {}).get("continued") or {}
+    if protocol_settings and rounds.get("start", "dense") != "dense":
+        elsewhere = (" (the protocol's run from scratch, on this attempt's machine, without the dense rounds of "
+                     f"{rounds['epochs']} epochs that lead to the protocol's start)")
+    elif a.get("other_start"):
+        elsewhere = (" (the protocol's command, retrained on this attempt's machine: another CPU rounds differently, "
+                     f"and {a['dense_epochs']} epochs carry the difference into another model)")
+    else:
+        elsewhere = ""
     return (f"Its own start, not the protocol's: dense yolov5n from scratch on `{a['data']}` at {a['imgsz']} px, "
             f"{a['dense_epochs']} epochs{stopped}{elsewhere} ({a['dense_minutes']:.0f} min), best epoch "
             f"{a.get('dense_best_epoch')}: mAP@0.5:0.95 {a['start_map']:.3f}; over its last {c.get('window')} "

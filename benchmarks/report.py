@@ -69,7 +69,7 @@ def render_markdown(results: dict, kept: dict[str, list[str]] | None = None) -> 
     if results.get("accuracy", {}).get("protocol") == 2:  # earlier layouts: their text is kept instead
         sections["accuracy"] = accuracy_markdown(results["accuracy"])
         for attempt in results.get("accuracy_attempts", {}).values():
-            sections["accuracy"] += attempt_markdown(attempt)
+            sections["accuracy"] += attempt_markdown(attempt, results["accuracy"])
     if "scratch" in results:
         sections["scratch"] = scratch_markdown(results["scratch"])
     if isinstance(results.get("runtime"), dict):  # older results.json files hold a list: skipped

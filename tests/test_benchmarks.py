@@ -592,6 +592,14 @@ def test_an_attempt_from_its_own_dense_run_says_so_and_lists_that_start() -> Non
     elsewhere = "\n".join(protocol.attempt_markdown({**protocol_attempt, "other_start": True}))
     assert "The same start" not in elsewhere and "retrained on this attempt's machine" in elsewhere
     assert "| start (dense) | 0.660 | 0.454 |" in elsewhere
+    # beside the protocol's section: the same start only if it is the same model; a protocol whose start is a
+    # continued round makes the run from scratch alone another start
+    same = {**protocol_attempt, "other_start": True}
+    assert "The same start" in "\n".join(protocol.attempt_markdown(same, {"start_map": 0.454, "dense_best_epoch": 477}))
+    continued = {"start_map": 0.468, "dense_best_epoch": 477, "continued": {"start": "dense_continued_e100",
+                                                                             "epochs": 100}}
+    text = "\n".join(protocol.attempt_markdown(protocol_attempt, continued))
+    assert "The same start" not in text and "without the dense rounds of 100 epochs that lead to the protocol's" in text
     # a row of an earlier run of the attempt is marked with the command that trained it
     row = {"name": "pruned_quant_distill", "map50": 0.6, "map": 0.43, "sparsity": 0.769, "recovery": 0.9,
            "minutes": 6, "kept_from": "`python benchmarks.py --attempt s700_128 --variants a b`, d0"}
