@@ -44,11 +44,17 @@ LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data/shapes.yaml"
 VARIANTS = ("dense FP32", "pruned FP32", "pruned INT8 integer", "pruned INT8 qdq", "pruned 4-block INT8 integer",
-            "ReLU INT8 integer", "ReLU INT8 qdq", "ReLU 4-block INT8 integer")
+            "ReLU INT8 integer", "ReLU INT8 qdq", "ReLU 4-block INT8 integer", "per-layer pruned INT8 integer",
+            "ReLU per-layer 4-block INT8 integer")
+# Trained files only: the fine-tunes whose layer sparsities come from sensitivity.py (large P5 convs at 95%, the
+# small early convs dense): the same sparsity as the group layout where it costs least accuracy, but not
+# necessarily where it saves the most time, so they are timed beside the group-layout files.
+LAYOUT_VARIANTS = {"sens": "per-layer pruned INT8 integer", "relu_block4_sens": "ReLU per-layer 4-block INT8 integer"}
 # The accuracy protocol's run folder of each file (runs/bench/protocol/<name>; the first one found is used): the
 # distilled pruned_quant fine-tune, its pruned-only twin for the FP32 pruned file, the 4-block runs and the ReLU ones.
 PROTOCOL_RUNS = {"quantized": ("pruned_quant_distill", "pruned_quant"), "pruned": ("pruned_distill",),
-                 "block4": ("pruned_quant_block4",), "relu": ("relu_quant",), "relu_block4": ("relu_block4_quant",)}
+                 "block4": ("pruned_quant_block4",), "relu": ("relu_quant",), "relu_block4": ("relu_block4_quant",),
+                 "sens": ("pruned_quant_distill_sens",), "relu_block4_sens": ("relu_block4_quant_sens",)}
 # Recipe variables of the speed-first variant: pruning in blocks of 4 input channels, and Detect's output convs
 # quantized too (the recipes keep them float for accuracy; DeepSparse runs the whole graph in INT8 then).
 BLOCK4 = {"mask_type": [1, 4], "float_modules": ["SiLU", "Upsample", "Concat", "MaxPool2d"]}
@@ -152,7 +158,8 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, protocol_dir:
                    "quantized": (trained["quantized"], None, None),
                    "block4": (trained["block4"], None, None) if trained["block4"]
                    else (trained["dense"], pruned_quant, BLOCK4)}
-        sources.update({name: (trained[name], None, None) for name in ("relu", "relu_block4") if trained[name]})
+        sources.update({name: (trained[name], None, None) for name in ("relu", "relu_block4", *LAYOUT_VARIANTS)
+                        if trained[name]})
         where = protocol_dir.relative_to(ROOT) if protocol_dir.is_relative_to(ROOT) else protocol_dir
         used = {name: path.parent.parent.name for name, path in trained.items() if path is not None}
         notes.append(f"{cfg}: trained weights of {where}: " + ", ".join(f"{k} {v}" for k, v in used.items())
@@ -177,16 +184,17 @@ def export_model_files(cfg: str, folder: Path, settings: Settings, protocol_dir:
         target = folder / f"{name}.pt"
         shutil.copyfile(weights, target)
         started = time.time()
+        integer_only = name in ("block4", "relu_block4", *LAYOUT_VARIANTS)  # DeepSparse's files: no QDQ twin
         report = export.export_onnx(target, imgsz=calibration_size, dynamic=True, one_shot=recipe, data=DATA,
                                     calib_data=settings.calib_images, device="cpu",
-                                    int8_format="integer" if name in ("block4", "relu_block4") else "both",
+                                    int8_format="integer" if integer_only else "both",
                                     recipe_args=recipe_args)
         LOGGER.info("exported %s %s in %.0fs", cfg, name, time.time() - started)
         for each in (report, *report.others):
             kind = "ReLU" if name == "relu" else "pruned"
             int8 = f"{kind} INT8 qdq" if each.path.name.endswith(".qdq.onnx") else f"{kind} INT8 integer"
             variant = {"dense": "dense FP32", "pruned": "pruned FP32", "block4": "pruned 4-block INT8 integer",
-                       "relu_block4": "ReLU 4-block INT8 integer"}.get(name, int8)
+                       "relu_block4": "ReLU 4-block INT8 integer", **LAYOUT_VARIANTS}.get(name, int8)
             files[variant] = each.path
             checks[variant] = each.check.line().strip()
             notes += [f"{cfg} {variant} file: {note}" for note in each.notes if note.startswith("onnxruntime runs")]
@@ -364,7 +372,7 @@ def plot_latency_vs_map(rows: list[dict], path: Path) -> Path:
     figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), squeeze=False)
     markers = {"onnxruntime": "o", "deepsparse": "s"}
     colors = dict(zip(VARIANTS, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-                                 "tab:brown", "tab:pink")))
+                                 "tab:brown", "tab:pink", "tab:olive", "tab:cyan")))
     for axis, (model, imgsz) in zip(axes[0], groups):
         selected = [r for r in rows if r["model"] == model and r["imgsz"] == imgsz]
         with_map = [r for r in selected if r.get("map") is not None]

@@ -414,7 +414,10 @@ def test_the_runtime_section_times_the_protocols_trained_files_and_falls_back_to
     pruned_fp32, relu_block4 = touch("pruned_quant_distill", "best_pruned.pt"), touch("relu_block4_quant")
     found = runtime_bench.trained_checkpoints(tmp_path, "dense_continued_e100")
     assert found == {"dense": start, "quantized": quantized, "pruned": pruned_fp32, "block4": None, "relu": None,
-                     "relu_block4": relu_block4}
+                     "relu_block4": relu_block4, "sens": None, "relu_block4_sens": None}
+    # the sensitivity layouts' fine-tunes are timed beside the group layouts' when they have run
+    layout = touch("pruned_quant_distill_sens")
+    assert runtime_bench.trained_checkpoints(tmp_path, "dense_continued_e100")["sens"] == layout
     pruned_only = touch("pruned_distill", "best.pt")
     # the pruned-only run, when there is one, is the FP32 pruned file
     assert runtime_bench.trained_checkpoints(tmp_path, "dense_continued_e100")["pruned"] == pruned_only
