@@ -553,15 +553,15 @@ def own_start(a: dict, protocol_section: dict | None = None) -> str:
                if c.get("epochs", a["dense_epochs"]) < a["dense_epochs"] else "")
     rounds = (protocol_section or {}).get("continued") or {}
     if protocol_settings and rounds.get("start", "dense") != "dense":
-        elsewhere = (" (the protocol's run from scratch, on this attempt's machine, without the dense rounds of "
-                     f"{rounds['epochs']} epochs that lead to the protocol's start)")
+        elsewhere = ("the protocol's run from scratch on this attempt's machine, without the dense rounds of "
+                     f"{rounds['epochs']} epochs that lead to the protocol's start; ")
     elif a.get("other_start"):
-        elsewhere = (" (the protocol's command, retrained on this attempt's machine: another CPU rounds differently, "
-                     f"and {a['dense_epochs']} epochs carry the difference into another model)")
+        elsewhere = ("the protocol's command, retrained on this attempt's machine: another CPU rounds differently, "
+                     f"and {a['dense_epochs']} epochs carry the difference into another model; ")
     else:
         elsewhere = ""
     return (f"Its own start, not the protocol's: dense yolov5n from scratch on `{a['data']}` at {a['imgsz']} px, "
-            f"{a['dense_epochs']} epochs{stopped}{elsewhere} ({a['dense_minutes']:.0f} min), best epoch "
+            f"{a['dense_epochs']} epochs{stopped} ({elsewhere}{a['dense_minutes']:.0f} min), best epoch "
             f"{a.get('dense_best_epoch')}: mAP@0.5:0.95 {a['start_map']:.3f}; over its last {c.get('window')} "
             f"epochs its best rose {c.get('rise', 0):.2%}. Curve: [{Path(a['curve']).name}]({a['curve']})")
 
@@ -577,7 +577,8 @@ def continued_markdown(a: dict) -> list[str]:
                 f"fine-tune's schedule (the control's recipe): {rounds}, under 1%, so the run from scratch is the "
                 f"start. Curve (with the round): [{Path(a['curve']).name}]({a['curve']}).", ""]
     verdict = (f"the start is {c['start']} ({a['start_map']:.3f}), and the round after it, under 1% better, "
-               f"confirms it" if c["converged"] else
+               f"confirms it: over the dense training's last {c['epochs']} epochs its best rose "
+               f"{max(c['rounds'][-1]['rise'], 0.0):.1%}" if c["converged"] else
                f"NOT converged after {len(c['rounds'])} rounds: the start is the last round ({a['start_map']:.3f})")
     return [f"The start is not the run from scratch itself: that run ({c['from_map']:.3f}) was trained on dense in "
             f"rounds of {c['epochs']} epochs under the fine-tune's schedule (the control's recipe, each round from "

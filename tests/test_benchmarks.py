@@ -103,7 +103,8 @@ def test_a_start_continued_in_rounds_is_named_as_such_in_the_protocols_section()
     assert "The run from scratch: dense yolov5n, 400 epochs" in text and "NOT converged" not in text
     assert "rose 1.02% (0.318 to 0.320): not under the protocol's 1% by itself, so it was trained on in rounds" in text
     assert ("that run (0.320) was trained on dense in rounds of 100 epochs under the fine-tune's schedule" in text
-            and "round 1 0.325 (+1.6%), round 2 0.327 (+0.6%); the start is dense_continued_e100 (0.325)" in text)
+            and "round 1 0.325 (+1.6%), round 2 0.327 (+0.6%); the start is dense_continued_e100 (0.325)" in text
+            and "confirms it: over the dense training's last 100 epochs its best rose 0.6%" in text)
     assert "| dense (the start) | | | 0.500 | 0.325 | 0 | 101.2% | 105 |" in text  # 85 min from scratch + round 1
     section["convergence"].update(rise=0.006, converged=True)
     section.update(start_map=0.32, continued={"epochs": 100, "rounds": rounds[:1], "converged": True,
