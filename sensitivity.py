@@ -8,7 +8,9 @@ Each prunable conv weight (all but the stem and Detect) is magnitude-pruned alon
 the model validated (no training): the mAP@0.5:0.95 it keeps says how much that layer tolerates. Every layer then
 gets the level that reaches ``--target`` of all conv weights at zero with the least summed loss, and the template
 recipe (``--recipe``) is written with those per-layer sparsities in place of its layer groups. A level of 0 lets a
-layer stay dense (measured by nothing: it is the baseline). Writes ``sensitivity.json`` (every measurement and the
+layer stay dense (measured by nothing: it is the baseline). ``--by macs`` counts the target in multiply-accumulates
+at ``--imgsz`` instead of weights: a layout for speed, which prunes the early high-resolution convs that a layout by
+weights leaves dense. Writes ``sensitivity.json`` (every measurement and the
 layout) and the recipe to ``runs/sensitivity/exp``; ``--reuse`` that file to lay out another target or add levels
 without measuring again what it holds.
 """
@@ -33,7 +35,12 @@ from utils.dataset import create_dataloader  # noqa: E402
 from utils.dataset_config import check_dataset  # noqa: E402
 from utils.logs import setup_script_logging  # noqa: E402
 from utils.runs import increment_path  # noqa: E402
-from utils.sparsification.sensitivity import layer_sensitivities, layout_recipe, sparsity_layout  # noqa: E402
+from utils.sparsification.sensitivity import (  # noqa: E402
+    conv_macs,
+    layer_sensitivities,
+    layout_recipe,
+    sparsity_layout,
+)
 from utils.weights import load_weights  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
@@ -51,6 +58,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--levels", type=float, nargs="+", default=list(DEFAULT_LEVELS),
                         help="sparsities each layer is measured at (and may be given); 0 lets a layer stay dense")
     parser.add_argument("--target", type=float, default=0.75, help="fraction of all conv weights to be zero")
+    parser.add_argument("--by", choices=("weights", "macs"), default="weights",
+                        help="what --target counts: conv weights (the sparsity recipes quote), or conv "
+                             "multiply-accumulates at --imgsz (a layout for speed: a weight of an early, "
+                             "high-resolution conv counts for more than one of P5)"),
     parser.add_argument("--recipe", default=DEFAULT_TEMPLATE,
                         help="template recipe: its schedule, distillation and QAT are kept, its layer groups replaced")
     parser.add_argument("--reuse", default="",
@@ -103,7 +114,7 @@ def reused_measurements(record: str | Path, weights: str, data: str, imgsz: int)
 def run(weights: str, data: str, imgsz: int = 640, batch_size: int = 32, workers: int = 2,
         levels: list[float] | tuple[float, ...] = DEFAULT_LEVELS, target: float = 0.75,
         recipe: str = DEFAULT_TEMPLATE, project: str = str(ROOT / "runs" / "sensitivity"), name: str = "exp",
-        exist_ok: bool = False, reuse: str = "") -> Path:
+        exist_ok: bool = False, reuse: str = "", by: str = "weights") -> Path:
     """Measure, lay out, write; returns the recipe written."""
     known = reused_measurements(reuse, weights, data, imgsz) if reuse else None
     model = load_weights(weights).model.float().eval()
@@ -119,28 +130,36 @@ def run(weights: str, data: str, imgsz: int = 640, batch_size: int = 32, workers
 
     levels = sorted(set(levels))
     baseline, layers = layer_sensitivities(model, evaluate, levels, progress=LOGGER.info, known=known)
-    total = conv_weight_count(model)
-    layout = sparsity_layout(baseline, layers, target, total)
+    total, macs = conv_weight_count(model), conv_macs(model, imgsz)
+    total_macs = sum(macs.values())
+    layout = (sparsity_layout(baseline, layers, target, total_macs, sizes={layer.name: macs[layer.name]
+                                                                           for layer in layers})
+              if by == "macs" else sparsity_layout(baseline, layers, target, total))
     zeros = sum(layer.numel * layout[layer.name] for layer in layers)
+    mac_zeros = sum(macs[layer.name] * layout[layer.name] for layer in layers)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     result = {"weights": str(weights), "weights_sha256": file_digest(weights), "data": str(data), "imgsz": imgsz,
-              "levels": levels, "target": target, "reused": str(reuse),
+              "levels": levels, "target": target, "by": by, "reused": str(reuse),
               "baseline_map": baseline, "conv_weights": total, "conv_sparsity": zeros / total,
-              "layers": [{"name": layer.name, "numel": layer.numel, "maps": layer.maps, "sparsity": layout[layer.name]}
-                         for layer in layers]}
+              "conv_macs": total_macs, "mac_sparsity": mac_zeros / total_macs,
+              "layers": [{"name": layer.name, "numel": layer.numel, "macs": macs[layer.name], "maps": layer.maps,
+                          "sparsity": layout[layer.name]} for layer in layers]}
     (save_dir / "sensitivity.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     pruned_levels = ", ".join(str(level) for level in levels if level > 0) + (" or left dense" if 0 in levels else "")
+    unit = "conv weights" if by == "weights" else f"conv multiply-accumulates at {imgsz} px"
     header = (f"# Pruning layout from a one-shot sensitivity analysis (sensitivity.py): {Path(weights).name} on "
               f"{Path(data).name} at {imgsz} px,\n# baseline mAP@0.5:0.95 {baseline:.4f}; each conv layer pruned "
-              f"alone to {pruned_levels};\n# {zeros / total:.1%} of all conv weights zero (target {target:.0%}). "
-              f"The pruning_modifiers below replace the layer\n# groups of {Path(recipe).name}, which the comments "
-              f"further down still describe; the schedule,\n# distillation and QAT are that recipe's.\n")
+              f"alone to {pruned_levels};\n# {zeros / total:.1%} of all conv weights zero, "
+              f"{mac_zeros / total_macs:.1%} of their multiply-accumulates at {imgsz} px (target: {target:.0%} of the "
+              f"{unit}).\n# The pruning_modifiers below replace the layer groups of {Path(recipe).name}, which the "
+              f"comments\n# further down still describe; the schedule, distillation and QAT are that recipe's.\n")
     out = save_dir / f"{Path(recipe).stem}.sensitivity.yaml"
     out.write_text(layout_recipe(Path(recipe).read_text(encoding="utf-8"), layout, header), encoding="utf-8")
     counts = {level: sum(1 for value in layout.values() if value == level) for level in levels}
-    LOGGER.info("baseline mAP@0.5:0.95 %.4f; layout: %s; %.1f%% of conv weights zero", baseline,
+    LOGGER.info("baseline mAP@0.5:0.95 %.4f; layout: %s; %.1f%% of conv weights zero, %.1f%% of their "
+                "multiply-accumulates at %d px", baseline,
                 ", ".join(f"{count} layers {f'at {level}' if level else 'dense'}" for level, count in counts.items()),
-                100 * zeros / total)
+                100 * zeros / total, 100 * mac_zeros / total_macs, imgsz)
     LOGGER.info("wrote %s and %s", save_dir / "sensitivity.json", out)
     return out
 

@@ -16,6 +16,7 @@ from utils.checkpoint import load_checkpoint
 from utils.sparsification.report import sparsity_report
 from utils.sparsification.sensitivity import (
     LayerSensitivity,
+    conv_macs,
     layer_sensitivities,
     layout_recipe,
     magnitude_mask,
@@ -86,6 +87,27 @@ def test_layout_prunes_the_tolerant_layers_hardest_and_reaches_the_target() -> N
     layout = sparsity_layout(0.5, layers, target=0.6, total_conv_weights=2200)
     assert layout == {"big_tolerant": 0.9, "big_sensitive": 0.5, "small": 0.9}
     assert sum(layer.numel * layout[layer.name] for layer in layers) >= 0.6 * 2200
+
+
+def test_multiply_accumulates_weigh_each_weight_by_its_output_positions(yolov5n) -> None:
+    macs = conv_macs(yolov5n, 64)
+    weights = dict(yolov5n.named_parameters())
+    assert set(macs) == {name for name, _ in yolov5n.named_parameters() if name.endswith("conv.weight")} | {
+        name for name in weights if re.match(r"model\.24\.m\.\d\.weight$", name)}
+    assert macs["model.1.conv.weight"] == weights["model.1.conv.weight"].numel() * 16 * 16  # stride 4: 64 -> 16
+    assert macs["model.7.conv.weight"] == weights["model.7.conv.weight"].numel() * 2 * 2  # stride 32: P5
+    assert not any(module._forward_hooks for module in yolov5n.modules())  # the counting hooks are removed
+
+
+def test_a_layout_by_multiply_accumulates_prunes_where_the_time_is() -> None:
+    """Two layers alike in size and in what pruning costs them, one at 16x the resolution: counted by weights the
+    cheaper loss wins; counted by multiply-accumulates (a layout for speed) the high-resolution layer is pruned."""
+    layers = [LayerSensitivity("early", 100, {0.0: 0.5, 0.5: 0.48}),
+              LayerSensitivity("late", 100, {0.0: 0.5, 0.5: 0.49})]
+    assert sparsity_layout(0.5, layers, target=0.25, total_conv_weights=200) == {"early": 0.0, "late": 0.5}
+    macs = {"early": 1600, "late": 100}
+    assert sparsity_layout(0.5, layers, target=0.45, total_conv_weights=1700, sizes=macs) == {"early": 0.5,
+                                                                                              "late": 0.0}
 
 
 def test_layout_counts_a_noisy_gain_as_no_gain_and_refuses_an_unreachable_target() -> None:
@@ -205,6 +227,18 @@ def test_sensitivity_script_measures_a_trained_model_and_writes_a_recipe_train_a
     redone = json.loads((tmp_path / "again" / "sensitivity.json").read_text(encoding="utf-8"))
     assert [layer["maps"]["0.9"] for layer in redone["layers"]] == [layer["maps"]["0.9"] for layer in result["layers"]]
     assert 0.0 in {layer["sparsity"] for layer in redone["layers"]} and redone["conv_sparsity"] >= 0.5
+    # a layout for speed: the target counts multiply-accumulates at --imgsz, and both shares are recorded
+    sensitivity.main(sensitivity.parse_opt(
+        ["--weights", str(dense_run), "--data", str(shapes_dataset), "--imgsz", "64", "--batch-size", "4",
+         "--workers", "0", "--levels", "0", "0.9", "--target", "0.5", "--by", "macs", "--project", str(tmp_path),
+         "--name", "macs", "--reuse", str(tmp_path / "exp" / "sensitivity.json")]))
+    by_macs = json.loads((tmp_path / "macs" / "sensitivity.json").read_text(encoding="utf-8"))
+    assert by_macs["by"] == "macs" and redone["by"] == "weights" and by_macs["mac_sparsity"] >= 0.5
+    # its zeros sit where the multiply-accumulates are: a larger share of them than of the weights, more so than
+    # in the layout by weights
+    assert by_macs["mac_sparsity"] - by_macs["conv_sparsity"] > redone["mac_sparsity"] - redone["conv_sparsity"]
+    assert "of the conv multiply-accumulates at 64 px" in (tmp_path / "macs" /
+                                                            "yolov5n.pruned_quant.sensitivity.yaml").read_text()
 
 
 def test_sensitivity_refuses_a_missing_template_by_name(tmp_path, capsys) -> None:

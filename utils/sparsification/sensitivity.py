@@ -84,14 +84,39 @@ def layer_sensitivities(model: nn.Module, evaluate: Callable[[], float], levels:
     return baseline, results
 
 
+def conv_macs(model: nn.Module, imgsz: int) -> dict[str, int]:
+    """Multiply-accumulates of each conv for one ``imgsz`` x ``imgsz`` image, by the name of its weight: weights x
+    output positions. A weight of an early, high-resolution conv costs far more inference time than one of P5."""
+    positions: dict[str, int] = {}
+
+    def recorder(key: str) -> Callable:
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            positions[key] = output.shape[-2] * output.shape[-1]
+        return hook
+
+    hooks = [module.register_forward_hook(recorder(f"{name}.weight"))
+             for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    try:
+        parameter = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, 3, imgsz, imgsz, dtype=parameter.dtype, device=parameter.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weights = dict(model.named_parameters())
+    return {name: weights[name].numel() * count for name, count in positions.items()}
+
+
 def sparsity_layout(baseline: float, layers: Sequence[LayerSensitivity], target: float,
-                    total_conv_weights: int) -> dict[str, float]:
+                    total_conv_weights: int, sizes: dict[str, float] | None = None) -> dict[str, float]:
     """Each layer's final sparsity, chosen among its measured levels so that at least ``target`` of
     ``total_conv_weights`` (every conv weight, the unpruned stem and Detect included) is zero, at the least summed
     mAP loss: every layer starts at the lowest level and the layer whose next level costs least mAP per zeroed weight
     steps up, until the target is reached; then steps that the target no longer needs are taken back, costliest
     first. A layer's loss at a level is the largest it showed at that level or below
-    (one-shot measurements are noisy; a higher sparsity never counts as cheaper)."""
+    (one-shot measurements are noisy; a higher sparsity never counts as cheaper). ``sizes``: what a layer's zeros
+    count for instead of its weights (its multiply-accumulates: ``conv_macs``), ``total_conv_weights`` then being
+    the total in that unit."""
     if not layers:
         raise ValueError("no layers to lay out")
     levels = sorted(layers[0].maps)
@@ -104,7 +129,7 @@ def sparsity_layout(baseline: float, layers: Sequence[LayerSensitivity], target:
             worst = max(worst, baseline - layer.maps[level])
             loss[layer.name, level] = worst
     chosen = {layer.name: 0 for layer in layers}  # index into levels
-    size = {layer.name: layer.numel for layer in layers}
+    size = {layer.name: (sizes[layer.name] if sizes else layer.numel) for layer in layers}
 
     def zeros() -> float:
         return sum(size[name] * levels[index] for name, index in chosen.items())
