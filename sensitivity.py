@@ -10,9 +10,9 @@ gets the level that reaches ``--target`` of all conv weights at zero with the le
 recipe (``--recipe``) is written with those per-layer sparsities in place of its layer groups. A level of 0 lets a
 layer stay dense (measured by nothing: it is the baseline). ``--by macs`` counts the target in multiply-accumulates
 at ``--imgsz`` instead of weights: a layout for speed, which prunes the early high-resolution convs that a layout by
-weights leaves dense. Writes ``sensitivity.json`` (every measurement and the
-layout) and the recipe to ``runs/sensitivity/exp``; ``--reuse`` that file to lay out another target or add levels
-without measuring again what it holds.
+weights leaves dense. Writes ``sensitivity.json`` (every measurement and the layout) and the recipe to
+``runs/sensitivity/exp``; ``--reuse`` that file to lay out another target or add levels without measuring again what
+it holds.
 """
 
 from __future__ import annotations
@@ -57,11 +57,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--levels", type=float, nargs="+", default=list(DEFAULT_LEVELS),
                         help="sparsities each layer is measured at (and may be given); 0 lets a layer stay dense")
-    parser.add_argument("--target", type=float, default=0.75, help="fraction of all conv weights to be zero")
+    parser.add_argument("--target", type=float, default=0.75, help="fraction of all conv weights (--by) to be zero")
     parser.add_argument("--by", choices=("weights", "macs"), default="weights",
                         help="what --target counts: conv weights (the sparsity recipes quote), or conv "
                              "multiply-accumulates at --imgsz (a layout for speed: a weight of an early, "
-                             "high-resolution conv counts for more than one of P5)"),
+                             "high-resolution conv counts for more than one of P5)")
     parser.add_argument("--recipe", default=DEFAULT_TEMPLATE,
                         help="template recipe: its schedule, distillation and QAT are kept, its layer groups replaced")
     parser.add_argument("--reuse", default="",
