@@ -303,11 +303,13 @@ def attempt_name(finetune_epochs: int, attempt: str | None = None,
     return attempt or "_".join(part for part in parts if part)
 
 
-def round_folder(continue_epochs: int, number: int) -> str:
-    """The run folder of continued round ``number`` (0: the run from scratch)."""
+def round_folder(continue_epochs: int, number: int, hyp: str = PROTOCOL_FINETUNE_HYP) -> str:
+    """The run folder of continued round ``number`` (0: the run from scratch); rounds trained with other
+    hyperparameters than the protocol's (an attempt's ``--finetune-hyp``) get folders of their own."""
     if number == 0:
         return "dense"
-    return f"dense_continued_e{continue_epochs}" + (f"_r{number}" if number > 1 else "")
+    other = "" if hyp == PROTOCOL_FINETUNE_HYP else f"_{Path(hyp).stem.replace('.', '_')}"
+    return f"dense_continued_e{continue_epochs}{other}" + (f"_r{number}" if number > 1 else "")
 
 
 def start_folder(continue_epochs: int = PROTOCOL_CONTINUE_EPOCHS, project: Path | None = None) -> str:
@@ -341,7 +343,7 @@ def continued_rounds(project: Path, epochs: int, common: list[str], recipe: Path
     whether the last round confirmed it."""
     rounds, before = [], project / "dense"
     for number in range(1, MAX_CONTINUE_ROUNDS + 1):
-        run_dir, reused = recipe_run(project, round_folder(epochs, number), before / "weights" / "best.pt", epochs,
+        run_dir, reused = recipe_run(project, round_folder(epochs, number, hyp), before / "weights" / "best.pt", epochs,
                                      common, recipe, {"num_epochs": epochs, **FINETUNE_ARGS}, hyp)
         rise = round_rise(before, run_dir)
         best = best_of(read_results(run_dir))

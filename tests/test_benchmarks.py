@@ -545,6 +545,9 @@ def test_the_protocol_trains_each_stage_once_plots_the_dense_curve_and_divides_b
                                                                                  round(0.628 / 0.625 - 1, 4)]
     assert continued["dense_best_epoch"] == 5 and (tmp_path / "continued.png").stat().st_size > 10_000
     assert protocol.start_folder(3, tmp_path) == "dense_continued_e3"  # what the runtime section times
+    # rounds under an attempt's other hyperparameters never share the protocol's round folders
+    assert protocol.round_folder(100, 1) == "dense_continued_e100"
+    assert protocol.round_folder(100, 2, "data/hyps/hyp.scratch-low.yaml") == "dense_continued_e100_hyp_scratch-low_r2"
     text = "\n".join(protocol.attempt_markdown({**continued, "attempt": name, "command": "c", "date": "d",
                                                 "machine": "m"}))
     assert "that run (0.601) was trained on dense in rounds of 3 epochs" in text
