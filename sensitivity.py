@@ -132,9 +132,9 @@ def run(weights: str, data: str, imgsz: int = 640, batch_size: int = 32, workers
     baseline, layers = layer_sensitivities(model, evaluate, levels, progress=LOGGER.info, known=known)
     total, macs = conv_weight_count(model), conv_macs(model, imgsz)
     total_macs = sum(macs.values())
-    layout = (sparsity_layout(baseline, layers, target, total_macs, sizes={layer.name: macs[layer.name]
-                                                                           for layer in layers})
-              if by == "macs" else sparsity_layout(baseline, layers, target, total))
+    by_macs = by == "macs"
+    layout = sparsity_layout(baseline, layers, target, total_macs if by_macs else total,
+                             sizes={layer.name: macs[layer.name] for layer in layers} if by_macs else None)
     zeros = sum(layer.numel * layout[layer.name] for layer in layers)
     mac_zeros = sum(macs[layer.name] * layout[layer.name] for layer in layers)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
